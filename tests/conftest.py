@@ -1,0 +1,39 @@
+"""Shared fixtures: the PostgreSQL server the tests may use.
+
+PostgreSQL is read from ``TRIO_GM_POSTGRES_URL`` (default: the server these
+machines run on 127.0.0.1:5432). When it cannot be reached the tests that need
+it skip with a message saying so, unless ``TRIO_GM_REQUIRE_POSTGRES=1`` (CI
+sets it), which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_reachable(url: str) -> str | None:
+    """Return None when a TCP connection to the server opens, else why not."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return None
+    except OSError as exc:
+        return f"PostgreSQL at {host}:{port} is unreachable ({exc})"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("TRIO_GM_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    why_not = _postgres_reachable(url)
+    if why_not is not None:
+        if os.environ.get("TRIO_GM_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{why_not}, and TRIO_GM_REQUIRE_POSTGRES=1 forbids skipping")
+        pytest.skip(f"{why_not}; set TRIO_GM_POSTGRES_URL to run these tests")
+    return url
