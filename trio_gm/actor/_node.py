@@ -1,0 +1,246 @@
+"""The actor registry: ids to mailboxes, calls, monitors.
+
+An ``ActorNode`` is the one place that turns an ``ActorId`` into a mailbox.
+Actors never hold references to each other, only ids, and every message goes
+through ``ActorNode.post``: today that is a dictionary lookup; a transport
+added later routes ids of other nodes through the ``router`` hook, without
+any actor changing.
+
+The guarantees the ring protocol relies on (gm.erl relied on Erlang for
+them) are made here:
+
+* ``post`` never blocks and never fails: a message to an id that no longer
+  exists is dropped, as Erlang drops a message to a dead pid;
+* messages from one sender to one receiver arrive in the order sent (each
+  ``post`` appends to the receiver's mailbox immediately);
+* a ``Down`` is posted by the dying actor after everything it sent, so it
+  arrives after them;
+* a reply to a call that already gave up is counted and discarded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import trio
+
+from .._exceptions import ActorStopped, CallTimeout, NoSuchActor
+from .._ids import ActorId
+from ._messages import Down, From, MonitorRef
+
+if TYPE_CHECKING:
+    from ._server import ActorCell, ActorHandle
+
+# Envelope kinds. Envelopes are (kind, payload, from_) tuples: they never
+# leave the process (a transport encodes its own frames) and this is the
+# hottest allocation in the library.
+CALL: Final = 1
+CAST: Final = 2
+INFO: Final = 3
+SYSTEM: Final = 4
+
+#: Default call timeout, as gen_server's.
+DEFAULT_CALL_TIMEOUT: Final = 5.0
+
+Envelope = tuple[int, Any, Any]
+
+
+@attrs.define(eq=False)
+class _CallWaiter:
+    target: ActorId
+    event: trio.Event = attrs.Factory(trio.Event)
+    value: Any = None
+    stopped_reason: Any = None
+    done: bool = False
+
+
+@attrs.frozen
+class NodeStatistics:
+    """A snapshot of a node's registry."""
+
+    name: str
+    actors: int
+    pending_calls: int
+    #: Messages posted to an id no actor answered to (dropped, as Erlang does).
+    dropped: int
+    #: Replies that arrived after their call had given up (discarded).
+    late_replies: int
+
+
+class ActorNode:
+    """Hosts actors and routes messages between them by id.
+
+    ``name`` identifies the node and its incarnation; it is part of every
+    id the node hands out, so a restarted node never reuses an old id.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name: str = name if name is not None else f"local-{secrets.token_hex(4)}"
+        self._cells: dict[ActorId, ActorCell] = {}
+        self._serials = itertools.count(1)
+        self._tags = itertools.count(1)
+        self._waiters: dict[int, _CallWaiter] = {}
+        self._dropped = 0
+        self._late_replies = 0
+        #: Delivers envelopes for ids of other nodes; None drops them. The
+        #: transport installs itself here. Returns whether it took the envelope.
+        self.router: Callable[[ActorId, Envelope], bool] | None = None
+
+    # -- ids and registry -------------------------------------------------
+
+    def new_id(self) -> ActorId:
+        return ActorId(self.name, next(self._serials))
+
+    def new_monitor_ref(self) -> MonitorRef:
+        return MonitorRef(self.name, next(self._serials))
+
+    def register(self, cell: ActorCell) -> None:
+        if cell.id in self._cells:
+            raise ValueError(f"actor id {cell.id} is already registered on node {self.name}")
+        self._cells[cell.id] = cell
+
+    def unregister(self, actor_id: ActorId) -> None:
+        self._cells.pop(actor_id, None)
+
+    def is_alive(self, actor_id: ActorId) -> bool:
+        return actor_id in self._cells
+
+    def cell(self, actor_id: ActorId) -> ActorCell | None:
+        return self._cells.get(actor_id)
+
+    # -- sending ----------------------------------------------------------
+
+    def post(self, to: ActorId, envelope: Envelope) -> bool:
+        """Deliver ``envelope`` to ``to``'s mailbox; return whether anyone took it."""
+        cell = self._cells.get(to)
+        if cell is not None and not cell.mailbox.closed:
+            cell.mailbox.send_nowait(envelope)
+            return True
+        if to.node != self.name and self.router is not None:
+            return self.router(to, envelope)
+        self._dropped += 1
+        return False
+
+    def cast(self, to: ActorId, msg: Any) -> None:
+        """Send ``msg`` to ``to``'s ``handle_cast``; never blocks, never fails."""
+        self.post(to, (CAST, msg, None))
+
+    def send(self, to: ActorId, msg: Any) -> None:
+        """Send ``msg`` to ``to``'s ``handle_info`` (Erlang's ``!``)."""
+        self.post(to, (INFO, msg, None))
+
+    async def call(
+        self, to: ActorId, request: Any, *, timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> Any:
+        """Send ``request`` to ``to``'s ``handle_call`` and wait for the reply.
+
+        Raises ``NoSuchActor`` if no actor answers to ``to``, ``ActorStopped``
+        if it stops before replying, ``CallTimeout`` after ``timeout``
+        seconds (``math.inf`` waits for ever). A reply that arrives after
+        the timeout is discarded.
+        """
+        if not (timeout > 0):
+            raise ValueError(f"call timeout must be a positive number of seconds, got {timeout!r}")
+        cell = self._cells.get(to)
+        if cell is None or cell.mailbox.closed:
+            await trio.lowlevel.checkpoint()
+            raise NoSuchActor(f"no actor {to} to call with {request!r}")
+        tag = next(self._tags)
+        waiter = _CallWaiter(to)
+        self._waiters[tag] = waiter
+        cell.callers.add(tag)
+        try:
+            cell.mailbox.send_nowait((CALL, request, From(self.name, tag)))
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            self._waiters.pop(tag, None)
+            cell.callers.discard(tag)
+        if not waiter.done:
+            raise CallTimeout(f"call to {to} with {request!r} was not answered within {timeout}s")
+        if waiter.stopped_reason is not None:
+            raise ActorStopped(
+                f"actor {to} stopped ({waiter.stopped_reason!r}) before replying to {request!r}"
+            )
+        return waiter.value
+
+    def reply(self, from_: From, value: Any) -> None:
+        """Answer a call; a reply to a call that gave up is discarded."""
+        waiter = self._waiters.get(from_.tag) if from_.node == self.name else None
+        if waiter is None or waiter.done:
+            self._late_replies += 1
+            return
+        waiter.value = value
+        waiter.done = True
+        waiter.event.set()
+
+    def fail_callers(self, tags: set[int], reason: Any) -> None:
+        """The actor these calls went to stopped: wake each with ``ActorStopped``."""
+        for tag in tags:
+            waiter = self._waiters.get(tag)
+            if waiter is not None and not waiter.done:
+                waiter.stopped_reason = reason if reason is not None else "stopped"
+                waiter.done = True
+                waiter.event.set()
+
+    # -- monitors ---------------------------------------------------------
+
+    def monitor(self, watcher: ActorId, target: ActorId) -> MonitorRef:
+        """Ask for ``Down(ref, target, reason)`` at ``watcher`` when ``target`` stops.
+
+        If ``target`` is not alive, the ``Down`` (reason ``"noproc"``) is
+        posted at once.
+        """
+        ref = self.new_monitor_ref()
+        cell = self._cells.get(target)
+        if cell is None or cell.stopping:
+            self.post(watcher, (INFO, Down(ref, target, "noproc"), None))
+        else:
+            cell.watchers[ref] = watcher
+        return ref
+
+    def demonitor(self, ref: MonitorRef, target: ActorId) -> None:
+        cell = self._cells.get(target)
+        if cell is not None:
+            cell.watchers.pop(ref, None)
+
+    # -- lifetimes --------------------------------------------------------
+
+    @asynccontextmanager
+    async def open_actor(self, behaviour: Any) -> AsyncIterator[ActorHandle]:
+        """Run ``behaviour`` as an actor for the duration of the block.
+
+        The block's exit stops the actor (``terminate("normal")``) once it
+        has handled the messages already sent to it, and waits for that; an
+        exception in the block, or a cancellation of an enclosing scope,
+        stops it with ``"shutdown"``. If the actor crashes, its
+        exception propagates out of the block as a failed nursery child does.
+        """
+        async with trio.open_nursery() as nursery:
+            handle = await self.start_actor(nursery, behaviour)
+            try:
+                yield handle
+            finally:
+                handle.stop_nowait("normal")
+
+    async def start_actor(self, nursery: trio.Nursery, behaviour: Any) -> ActorHandle:
+        """Start ``behaviour`` as an actor in ``nursery``; return once ``init`` has run."""
+        from ._server import ActorCell
+
+        cell = ActorCell(self, self.new_id(), behaviour)
+        handle: ActorHandle = await nursery.start(cell.run)
+        return handle
+
+    def statistics(self) -> NodeStatistics:
+        return NodeStatistics(
+            name=self.name,
+            actors=len(self._cells),
+            pending_calls=len(self._waiters),
+            dropped=self._dropped,
+            late_replies=self._late_replies,
+        )
