@@ -15,8 +15,21 @@ from ._exceptions import (
     TrioGMError,
 )
 from ._ids import ActorId, MemberId
+from .node import DEFAULT_MAX_IN_FLIGHT, Member, Node, open_node
+from .ring.member import Become, GroupInfo, MemberStatistics, Stop
+from .store import GroupStore, open_store
 
 __all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
+    "Become",
+    "GroupInfo",
+    "GroupStore",
+    "Member",
+    "MemberStatistics",
+    "Node",
+    "Stop",
+    "open_node",
+    "open_store",
     "ActorError",
     "ActorId",
     "ActorStopped",

@@ -1,0 +1,214 @@
+"""Nodes and members: the public face of trio_gm.
+
+A :class:`Node` hosts members (and the actors under them) and routes their
+messages; today every member of a node lives in this process. A
+:class:`Member` is the owner's handle on one member, valid for the duration
+of its ``node.open_member(...)`` block.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from ._exceptions import ActorError, MemberStopped
+from ._ids import MemberId
+from .actor import ActorHandle, ActorNode
+from .ring.member import (
+    GroupInfo,
+    MemberActor,
+    MemberStatistics,
+    _Broadcast,
+    _ConfirmedBroadcast,
+    _Request,
+    _ValidateMembers,
+    raise_if_shutting_down,
+)
+from .store import GroupStore
+
+#: Default bound on a member's own messages buffered or unacknowledged.
+DEFAULT_MAX_IN_FLIGHT: Final = 2000
+
+_CALLBACKS: Final = ("joined", "members_changed", "handle_msg", "handle_terminate")
+
+
+class Member:
+    """The owner's handle on one member of a group."""
+
+    def __init__(self, actor: MemberActor, handle: ActorHandle) -> None:
+        self._actor = actor
+        self._handle = handle
+        self.id: MemberId = handle.id
+        self.group_name: str = actor.group_name
+
+    def __repr__(self) -> str:
+        return f"<Member {self.id} of {self.group_name!r}>"
+
+    def _check_alive(self) -> None:
+        if not self._handle.alive:
+            raise MemberStopped(
+                f"member {self.id} of group {self.group_name!r} has stopped"
+                + (f" ({self._actor.stop_reason!r})" if self._actor.stop_reason else "")
+            )
+
+    async def _call(self, request: Any) -> Any:
+        self._check_alive()
+        try:
+            return await self._handle.call(request, timeout=math.inf)
+        except ActorError as exc:
+            raise MemberStopped(
+                f"member {self.id} of group {self.group_name!r} stopped before answering"
+            ) from exc
+
+    def _in_own_callback(self) -> bool:
+        return trio.lowlevel.current_task() is self._actor.task
+
+    async def _wait_for_room(self) -> None:
+        actor = self._actor
+        while actor.in_flight >= actor.max_in_flight:
+            self._check_alive()
+            actor.room = trio.Event()
+            await actor.room.wait()
+        self._check_alive()
+
+    async def broadcast(self, msg: Any, size_hint: int = 0) -> None:
+        """Send ``msg`` to every member; returns once it is accepted.
+
+        It waits only when ``max_in_flight`` of this member's messages are
+        not yet acknowledged (flow control), and never when called from this
+        member's own callbacks. ``size_hint`` is the size of anything large
+        in ``msg``; buffered messages are flushed once their hints pass
+        100 MB.
+        """
+        if isinstance(size_hint, bool) or not isinstance(size_hint, int) or size_hint < 0:
+            raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")
+        if self._in_own_callback():
+            self._check_alive()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._wait_for_room()
+        self._actor.queued += 1
+        self._handle.cast(_Broadcast(msg, size_hint))
+
+    async def confirmed_broadcast(self, msg: Any) -> None:
+        """Broadcast ``msg`` and return once every member of the group has it."""
+        if self._in_own_callback():
+            raise RuntimeError(
+                "confirmed_broadcast from the member's own callback would deadlock: "
+                "the confirmation needs this member to handle more messages; use broadcast"
+            )
+        await self._wait_for_room()
+        raise_if_shutting_down(await self._call(_ConfirmedBroadcast(msg)), self.id)
+
+    async def info(self) -> GroupInfo:
+        """The group name, the current callbacks and the alive members."""
+        result: GroupInfo = await self._call(_Request.INFO)
+        return result
+
+    async def group_members(self) -> list[MemberId]:
+        """The alive members of the group, as this member's view has them."""
+        result: list[MemberId] = await self._call(_Request.GROUP_MEMBERS)
+        return result
+
+    async def validate_members(self, known: list[MemberId] | tuple[MemberId, ...]) -> None:
+        """Report, through ``members_changed``, any difference from ``known``."""
+        members = tuple(known)
+        for member in members:
+            if not isinstance(member, MemberId):
+                raise TypeError(f"validate_members takes MemberId values, got {member!r}")
+        self._check_alive()
+        await trio.lowlevel.checkpoint()
+        self._handle.cast(_ValidateMembers(members))
+
+    async def statistics(self) -> MemberStatistics:
+        """A snapshot: view version, ring size, pending acks, counters."""
+        result: MemberStatistics = await self._call(_Request.STATISTICS)
+        return result
+
+    async def leave(self) -> None:
+        """Leave the group (``handle_terminate(args, "normal")``) and wait for it.
+
+        Broadcasts accepted before ``leave`` are still sent.
+        """
+        await self._handle.stop("normal")
+
+    def kill(self) -> None:
+        """End the member abruptly: no ``handle_terminate``, no leave."""
+        self._handle.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self._handle.alive
+
+
+class Node:
+    """Hosts members; made by :func:`open_node`."""
+
+    def __init__(self, store: GroupStore, actors: ActorNode) -> None:
+        self.store = store
+        self.actors = actors
+
+    @property
+    def name(self) -> str:
+        return self.actors.name
+
+    @asynccontextmanager
+    async def open_member(
+        self,
+        group: str,
+        callbacks: Any,
+        args: Any = None,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        io_factory: Any = None,
+    ) -> AsyncIterator[Member]:
+        """Join ``group`` for the duration of the block.
+
+        Returns once the member has joined and holds its starting state
+        (after ``joined`` was called). Leaving the block for any reason,
+        cancellation included, leaves the group. An exception raised by a
+        callback stops the member and propagates out of the block, as a
+        failed child propagates out of a nursery.
+        """
+        if not isinstance(group, str) or not group:
+            raise ValueError(f"group must be a non-empty str, got {group!r}")
+        missing = [name for name in _CALLBACKS if not callable(getattr(callbacks, name, None))]
+        if missing:
+            raise TypeError(
+                f"callbacks {callbacks!r} lack {', '.join(missing)}: a member needs "
+                f"{', '.join(_CALLBACKS)}"
+            )
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+            raise TypeError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        actor = MemberActor(
+            group,
+            callbacks,
+            args,
+            self.store,
+            max_in_flight=max_in_flight,
+            io_factory=io_factory,
+        )
+        async with trio.open_nursery() as nursery:
+            handle = await self.actors.start_actor(nursery, actor)
+            member = Member(actor, handle)
+            try:
+                await member._call(_Request.AWAIT_READY)
+                yield member
+            finally:
+                handle.stop_nowait("normal")
+
+
+@asynccontextmanager
+async def open_node(store: GroupStore, *, name: str | None = None) -> AsyncIterator[Node]:
+    """A node for members of groups kept in ``store``, for the block's duration."""
+    if not isinstance(store, GroupStore):
+        raise TypeError(f"open_node needs a GroupStore (from open_store), got {store!r}")
+    node = Node(store, ActorNode(name))
+    await trio.lowlevel.checkpoint()
+    yield node
