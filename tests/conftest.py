@@ -8,11 +8,15 @@ sets it), which turns that skip into a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import uuid
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+import sqlalchemy
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -37,3 +41,18 @@ def postgres_url() -> str:
             pytest.fail(f"{why_not}, and TRIO_GM_REQUIRE_POSTGRES=1 forbids skipping")
         pytest.skip(f"{why_not}; set TRIO_GM_POSTGRES_URL to run these tests")
     return url
+
+
+@contextlib.contextmanager
+def postgres_schema(url: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema name for one test; dropped with CASCADE afterwards."""
+    schema = f"trio_gm_test_{uuid.uuid4().hex}"
+    try:
+        yield schema
+    finally:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            engine.dispose()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class ActorId:
     """The address of one actor: the node that hosts it and a serial number.
 

@@ -22,7 +22,6 @@ from .ring.member import (
     GroupInfo,
     MemberActor,
     MemberStatistics,
-    _Broadcast,
     _ConfirmedBroadcast,
     _Request,
     _ValidateMembers,
@@ -42,6 +41,9 @@ class Member:
     def __init__(self, actor: MemberActor, handle: ActorHandle) -> None:
         self._actor = actor
         self._handle = handle
+        cell = handle.node.cell(handle.id)
+        assert cell is not None
+        self._mailbox = cell.mailbox
         self.id: MemberId = handle.id
         self.group_name: str = actor.group_name
 
@@ -49,7 +51,7 @@ class Member:
         return f"<Member {self.id} of {self.group_name!r}>"
 
     def _check_alive(self) -> None:
-        if not self._handle.alive:
+        if self._mailbox.closed:
             raise MemberStopped(
                 f"member {self.id} of group {self.group_name!r} has stopped"
                 + (f" ({self._actor.stop_reason!r})" if self._actor.stop_reason else "")
@@ -84,15 +86,16 @@ class Member:
         in ``msg``; buffered messages are flushed once their hints pass
         100 MB.
         """
-        if isinstance(size_hint, bool) or not isinstance(size_hint, int) or size_hint < 0:
+        if size_hint.__class__ is not int or size_hint < 0:
             raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")
-        if self._in_own_callback():
-            self._check_alive()
+        actor = self._actor
+        if actor.in_flight >= actor.max_in_flight and not self._in_own_callback():
+            await self._wait_for_room()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-            await self._wait_for_room()
-        self._actor.queued += 1
-        self._handle.cast(_Broadcast(msg, size_hint))
+            if self._mailbox.closed:
+                self._check_alive()
+        actor.offer(msg, size_hint)
 
     async def confirmed_broadcast(self, msg: Any) -> None:
         """Broadcast ``msg`` and return once every member of the group has it."""

@@ -17,6 +17,7 @@ batch too).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections import deque
@@ -132,12 +133,6 @@ class MemberStatistics:
 
 
 @attrs.frozen
-class _Broadcast:
-    msg: Any
-    size_hint: int
-
-
-@attrs.frozen
 class _ConfirmedBroadcast:
     msg: Any
 
@@ -164,6 +159,10 @@ class _ShuttingDown:
 
 
 _FLUSH: Final = "flush"
+_NOREPLY: Final = NoReply()
+_NOREPLY_THEN_FLUSH: Final = NoReply(timeout=0)
+#: Cast to self when the owner's first broadcast lands in an empty ``incoming``.
+_BROADCASTS: Final = "broadcasts"
 _CHECK_STOP: Final = "check-stop"
 
 
@@ -220,8 +219,13 @@ class MemberActor(Actor):
         self.ready_waiters: list[From] = []
         self.delivered = 0
         self._next_membership_check = 0.0
-        #: Broadcasts sent by the owner and not yet handled here.
-        self.queued = 0
+        #: Broadcasts the owner handed over, not yet handled here. Handing
+        #: them over through a list, with one wake-up message per batch,
+        #: keeps a broadcast down to a list append.
+        self.incoming: list[tuple[Any, int]] = []
+        #: Number of this member's last publication acknowledged (or dropped
+        #: because it was left alone): everything after it is in flight.
+        self.acked_through = -1
         #: Set (and replaced) whenever room appears under ``max_in_flight``.
         self.room = trio.Event()
         self.task: trio.lowlevel.Task | None = None
@@ -230,13 +234,20 @@ class MemberActor(Actor):
 
     @property
     def in_flight(self) -> int:
-        """Own messages queued, buffered or not yet acknowledged."""
-        own = 0
-        if self.members_state is not None:
-            state = self.members_state.get(self.self_id)
-            if state is not None:
-                own = len(state.pending)
-        return self.queued + len(self.buffer) + own
+        """Own messages handed over, buffered or not yet acknowledged."""
+        return len(self.incoming) + self.pub_count - self.acked_through
+
+    def offer(self, msg: Any, size_hint: int) -> None:
+        """Take a broadcast from the owner (same process, never blocks)."""
+        incoming = self.incoming
+        incoming.append((msg, size_hint))
+        if len(incoming) == 1:
+            self.ctx.cast(self.self_id, _BROADCASTS)
+
+    def _all_acked(self) -> None:
+        """Left alone: nothing of ours can be in flight any more."""
+        self.acked_through = self.pub_count
+        self._signal_room()
 
     def _signal_room(self) -> None:
         if self.in_flight < self.max_in_flight and not self.room.is_set():
@@ -339,6 +350,8 @@ class MemberActor(Actor):
             gm_reason = reason
         if gm_reason == "normal" and self.members_state is not None:
             # Broadcasts accepted before the leave still go out.
+            with contextlib.suppress(_StopMember):
+                await self._take_broadcasts()
             self._flush()
         self.room.set()
         result = self.callbacks.handle_terminate(self.args, gm_reason)
@@ -360,8 +373,11 @@ class MemberActor(Actor):
         if type(msg) is Down:
             if self.members_state is None:
                 return 0  # must not overtake the first catch-up
-            if msg.ref == self.left[1]:
-                return 0  # must not overtake the left's last activity
+            if msg.target == self.left[0]:
+                # Must not overtake the left's last activity. By target, not
+                # by ref: in a ring of two the left is also the right, and
+                # the right's DOWN would overtake it.
+                return 0
             return 1  # do not keep sending into a dead right
         return 0
 
@@ -372,9 +388,8 @@ class MemberActor(Actor):
             cls = type(msg)
             if cls is Activity or cls is Catchup or cls is CheckNeighbours:
                 await self._on_ring_message(msg)
-            elif cls is _Broadcast:
-                self.queued -= 1
-                await self._on_broadcast(msg.msg, msg.size_hint)
+            elif msg is _BROADCASTS:
+                await self._take_broadcasts()
             elif cls is _ValidateMembers:
                 births, deaths = births_and_deaths(msg.members, self.view.all_known())
                 if births or deaths:
@@ -426,29 +441,64 @@ class MemberActor(Actor):
             return self._stop(stop.reason)
 
     def _noreply(self) -> NoReply:
-        self._ensure_broadcast_timer()
-        return NoReply(timeout=0 if self.buffer else None)
+        # Timeout 0: flush once the mailbox is empty (gm's flush_timeout).
+        if self.buffer:
+            self._ensure_broadcast_timer()
+            return _NOREPLY_THEN_FLUSH
+        return _NOREPLY
 
     def _reply(self, value: Any) -> Reply:
-        self._ensure_broadcast_timer()
-        return Reply(value, timeout=0 if self.buffer else None)
+        if self.buffer:
+            self._ensure_broadcast_timer()
+            return Reply(value, timeout=0)
+        return Reply(value)
 
     # -- broadcasting -----------------------------------------------------
 
-    async def _on_broadcast(self, msg: Any, size_hint: int) -> None:
-        if self.shutting_down is not None or self.members_state is None:
-            log.warning("member %s is shutting down: broadcast of %r dropped", self.self_id, msg)
-            return
-        if self.right[0] == self.self_id:
-            # Alone: the message has reached every member already.
-            self.delivered += 1
-            self._check(await self._callback("handle_msg", self.self_id, msg))
-            self._signal_room()
-            return
-        result = await self._internal_broadcast(msg, size_hint)
-        if self.buffer_size > MAX_BUFFER_SIZE:
-            self._flush()
-        self._check(result)
+    async def _take_broadcasts(self) -> None:
+        """Handle every broadcast handed over so far, in order.
+
+        Each is delivered here (``handle_msg`` with this member as sender)
+        and buffered for the next flush; alone, delivery is all there is.
+        """
+        me = self.self_id
+        while self.incoming:
+            batch, self.incoming = self.incoming, []
+            handle_msg, args = self.callbacks.handle_msg, self.args
+            buffer = self.buffer
+            alone = self.right[0] == me
+            for index, (msg, size_hint) in enumerate(batch):
+                if self.shutting_down is not None:
+                    log.warning(
+                        "member %s is shutting down (%r): %d broadcasts dropped",
+                        me,
+                        self.shutting_down,
+                        len(batch) - index,
+                    )
+                    break
+                if not alone:
+                    self.pub_count += 1
+                    buffer.append(msg)
+                    if size_hint:
+                        self.buffer_size += size_hint
+                        if self.buffer_size > MAX_BUFFER_SIZE:
+                            self._flush()
+                            buffer = self.buffer
+                self.delivered += 1
+                result = handle_msg(args, me, msg)
+                if result is None:
+                    continue
+                if type(result) is CoroutineType:
+                    result = await result
+                    # Other messages may have been handled meanwhile.
+                    buffer, alone = self.buffer, self.right[0] == me
+                stop = self._result("handle_msg", result)
+                handle_msg, args = self.callbacks.handle_msg, self.args
+                if stop is not None:
+                    # Deferred while our messages are in flight: the rest
+                    # of the batch is dropped above.
+                    self._check(stop)
+        self._signal_room()
 
     async def _internal_broadcast(self, msg: Any, size_hint: int) -> Stop | None:
         self.pub_count += 1
@@ -458,6 +508,7 @@ class MemberActor(Actor):
         return await self._callback("handle_msg", self.self_id, msg)
 
     async def _on_confirmed_broadcast(self, msg: Any, from_: From) -> Any:
+        await self._take_broadcasts()  # they were handed over first
         if self.shutting_down is not None:
             return self._reply(_ShuttingDown(self.shutting_down))
         if self.right[0] == self.self_id:
@@ -473,12 +524,11 @@ class MemberActor(Actor):
         return self._noreply()
 
     def _ensure_broadcast_timer(self) -> None:
-        if self.buffer:
-            if self.broadcast_timer is None:
-                self.broadcast_timer = self.ctx.send_after(BROADCAST_TIMER, _FLUSH)
-        elif self.broadcast_timer is not None:
-            self.ctx.cancel_timer(self.broadcast_timer)
-            self.broadcast_timer = None
+        # Unlike gm, a timer is not cancelled when the buffer empties: under
+        # load that would start and cancel one per flush. It fires at most
+        # every 25 ms and flushes whatever is buffered then (maybe nothing).
+        if self.broadcast_timer is None:
+            self.broadcast_timer = self.ctx.send_after(BROADCAST_TIMER, _FLUSH)
 
     def _flush(self) -> None:
         """Send the buffered broadcasts right as one activity."""
@@ -554,6 +604,7 @@ class MemberActor(Actor):
         assert self.members_state is not None
         out, own_acked = calculate_activity(self.members_state, entries, self.self_id, self.view)
         if own_acked >= 0:
+            self.acked_through = own_acked
             self._confirm_through(own_acked)
             self._signal_room()
         if out:
@@ -562,15 +613,18 @@ class MemberActor(Actor):
         self._check(await self._deliver(out))
 
     async def _deliver(self, entries: list[ActivityEntry]) -> Stop | None:
-        """Call ``handle_msg`` for each publication; a Stop ends the batch."""
+        """Call ``handle_msg`` for each publication; a Stop ends the batch.
+
+        This loop is the per-message cost of a member: keep it to the call.
+        """
         handle_msg, args = self.callbacks.handle_msg, self.args
         for entry in entries:
-            if not entry.pubs:
+            pubs = entry.pubs
+            if not pubs:
                 continue
             sender = entry.publisher
-            for msg in entry.pubs:
+            for index, msg in enumerate(pubs):
                 result = handle_msg(args, sender, msg)
-                self.delivered += 1
                 if result is None:
                     continue
                 if type(result) is CoroutineType:
@@ -579,8 +633,10 @@ class MemberActor(Actor):
                         continue
                 stop = self._result("handle_msg", result)
                 if stop is not None:
+                    self.delivered += index + 1
                     return stop
                 handle_msg, args = self.callbacks.handle_msg, self.args
+            self.delivered += len(pubs)
         return None
 
     async def _check_membership(self) -> None:
@@ -632,7 +688,7 @@ class MemberActor(Actor):
             self._confirm_through(self.pub_count)
             if self.ready_waiters:
                 self._become_ready({})
-            self._signal_room()
+            self._all_acked()
             self._check(await self._maybe_erase_aliases(view))
         else:
             self._check(await self._change_view(view))
@@ -644,9 +700,7 @@ class MemberActor(Actor):
             if erasable:
                 for member in erasable:
                     self.members_state.pop(member, None)
-                group = _lost(
-                    await self.io.transact(EraseMembers(self.self_id, tuple(erasable)))
-                )
+                group = _lost(await self.io.transact(EraseMembers(self.self_id, tuple(erasable))))
                 view = group_to_view(group)
         if view is self.view:
             return None
@@ -674,7 +728,7 @@ class MemberActor(Actor):
         if self.right[0] == self.self_id and self.buffer:
             # Alone: buffered messages were delivered here at broadcast.
             self.buffer, self.buffer_size = [], 0
-            self._signal_room()
+            self._all_acked()
         if (
             self.right[0] != old_right[0]
             and self.right[0] != self.self_id

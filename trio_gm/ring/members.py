@@ -34,7 +34,11 @@ class PublisherState:
     __slots__ = ("first", "last_ack", "last_pub", "pending")
 
     def __init__(
-        self, first: int = 0, pending: list[Any] | None = None, last_pub: int = -1, last_ack: int = -1
+        self,
+        first: int = 0,
+        pending: list[Any] | None = None,
+        last_pub: int = -1,
+        last_ack: int = -1,
     ) -> None:
         #: Number of ``pending[0]``.
         self.first = first

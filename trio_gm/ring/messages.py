@@ -72,7 +72,7 @@ class Catchup:
 
 @attrs.frozen
 class CheckNeighbours:
-    """"My view changed: check yours" (a view refresh with no payload)."""
+    """ "My view changed: check yours" (a view refresh with no payload)."""
 
     version: int
 
