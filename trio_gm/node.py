@@ -98,7 +98,13 @@ class Member:
         actor.offer(msg, size_hint)
 
     async def confirmed_broadcast(self, msg: Any) -> None:
-        """Broadcast ``msg`` and return once every member of the group has it."""
+        """Broadcast ``msg`` and return once every member of the group has it.
+
+        Each member passes a batch on before it calls ``handle_msg`` for it
+        (as gm does, so the ring stays pipelined): with plain callbacks every
+        member's ``handle_msg`` has returned by then; an async ``handle_msg``
+        that awaits may still be running.
+        """
         if self._in_own_callback():
             raise RuntimeError(
                 "confirmed_broadcast from the member's own callback would deadlock: "
