@@ -18,10 +18,11 @@ stages:
 
 As trio's memory channels do, the logic lives in the ``*_nowait`` methods and
 ``receive`` is a thin async wrapper that parks until something arrives. The
-mailbox is built on the same primitive trio's memory channels are built on
-(a ``ParkingLot``) rather than on a channel object, because a channel's
-``send_nowait`` costs about three times a deque append and this is the
-hottest path of the whole library.
+mailbox is built on the primitives trio's memory channels are built on
+(``wait_task_rescheduled`` and ``reschedule``, for its single consumer)
+rather than on a channel object, because a channel's ``send_nowait`` costs
+about three times a deque append and this is the hottest path of the whole
+library.
 """
 
 from __future__ import annotations
@@ -54,11 +55,10 @@ class Mailbox:
     __slots__ = (
         "_heap",
         "_inbound",
-        "_lot",
         "_normal",
         "_received",
         "_seq",
-        "_waiting",
+        "_waiter",
         "closed",
         "prioritise",
     )
@@ -68,8 +68,8 @@ class Mailbox:
         self._normal: deque[Any] = deque()
         self._heap: list[tuple[int, int, Any]] = []
         self._seq = 0
-        self._lot = trio.lowlevel.ParkingLot()
-        self._waiting = False
+        #: The task parked in ``wait_nonempty``, if any (one consumer only).
+        self._waiter: trio.lowlevel.Task | None = None
         #: Whether the mailbox refuses new items (its actor has stopped).
         self.closed = False
         self._received = 0
@@ -86,9 +86,10 @@ class Mailbox:
             raise trio.ClosedResourceError("this mailbox is closed")
         self._inbound.append(item)
         self._received += 1
-        if self._waiting:
-            self._waiting = False
-            self._lot.unpark_all()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
 
     def _sort_inbound(self) -> None:
         prioritise = self.prioritise
@@ -132,11 +133,15 @@ class Mailbox:
             return
         if self.closed:
             raise trio.ClosedResourceError("this mailbox is closed")
-        self._waiting = True
-        try:
-            await self._lot.park()
-        finally:
-            self._waiting = False
+        if self._waiter is not None:
+            raise trio.BusyResourceError("another task is already waiting on this mailbox")
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def receive(self) -> Any:
         """Wait for and pop the best item."""
@@ -172,13 +177,16 @@ class Mailbox:
                 left.append(self.receive_nowait())
             except trio.WouldBlock:
                 break
-        self._lot.unpark_all()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
         return left
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(
             length=len(self),
             received=self._received,
-            waiting=self._waiting,
+            waiting=self._waiter is not None,
             closed=self.closed,
         )

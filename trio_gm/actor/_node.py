@@ -21,6 +21,7 @@ them) are made here:
 from __future__ import annotations
 
 import itertools
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -156,8 +157,11 @@ class ActorNode:
         cell.callers.add(tag)
         try:
             cell.mailbox.send_nowait((CALL, request, From(self.name, tag)))
-            with trio.move_on_after(timeout):
+            if timeout == math.inf:
                 await waiter.event.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await waiter.event.wait()
         finally:
             self._waiters.pop(tag, None)
             cell.callers.discard(tag)

@@ -1,0 +1,225 @@
+"""A soak test of a group, after RabbitMQ's gm_soak_test, with kills too.
+
+Members broadcast increasing sequence numbers while a chaos task makes
+members join, leave and get killed. Every callback checks gm's guarantees
+as it happens:
+
+* from each sender, numbers arrive in order, with no gap and no duplicate
+  (the first one seen from a sender that was already running may be any);
+* a member is announced (``joined`` or a birth) before its first message;
+* no death is reported for a member never announced;
+* nothing is delivered from a member after its death was reported.
+
+At the end every survivor makes a final confirmed broadcast, and each
+survivor must hold every survivor's messages up to that final one.
+
+Run ``python -m trio_gm.testing.soak --seconds 60`` for a long run; the
+test suite runs a short one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from typing import Any
+
+import attrs
+import trio
+
+from .. import GroupStore, Member, MemberId, open_node, open_store
+
+
+@attrs.define
+class SoakReport:
+    """What a soak run saw."""
+
+    violations: list[str] = attrs.Factory(list)
+    joins: int = 0
+    leaves: int = 0
+    kills: int = 0
+    delivered: int = 0
+    survivors: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.joins} joins, {self.leaves} leaves, {self.kills} kills, "
+            f"{self.delivered} deliveries, {self.survivors} survivors, "
+            f"{len(self.violations)} violations"
+        )
+
+
+class SoakMember:
+    """gm callbacks that check every guarantee on every call."""
+
+    def __init__(self, report: SoakReport, name: str) -> None:
+        self.report = report
+        self.name = name
+        self.me: MemberId | None = None
+        self.known: set[MemberId] = set()
+        self.dead: set[MemberId] = set()
+        self.last: dict[MemberId, int] = {}
+
+    def _violation(self, what: str) -> None:
+        self.report.violations.append(f"{self.name} ({self.me}): {what}")
+
+    def joined(self, args: Any, members: list[MemberId]) -> None:
+        self.known = set(members)
+
+    def members_changed(self, args: Any, births: list[MemberId], deaths: list[MemberId]) -> None:
+        for member in deaths:
+            if member not in self.known:
+                self._violation(f"death of {member}, never announced")
+            self.known.discard(member)
+            self.dead.add(member)
+        for member in births:
+            self.known.add(member)
+
+    def handle_msg(self, args: Any, sender: MemberId, msg: Any) -> None:
+        self.report.delivered += 1
+        if sender in self.dead:
+            self._violation(f"message {msg} from {sender} after its death")
+        elif sender not in self.known and sender != self.me:
+            self._violation(f"message {msg} from {sender} before it was announced")
+        last = self.last.get(sender)
+        if last is not None and msg != last + 1:
+            kind = "duplicate" if msg <= last else "gap"
+            self._violation(f"{kind} from {sender}: {msg} after {last}")
+        self.last[sender] = msg
+
+    def handle_terminate(self, args: Any, reason: Any) -> None:
+        if reason != "normal":
+            self._violation(f"terminated with {reason!r}")
+
+
+@attrs.define(eq=False)
+class _Slot:
+    callbacks: SoakMember
+    member: Member | None = None
+    sent: int = -1
+    cancel: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    stop_broadcasting: trio.Event = attrs.Factory(trio.Event)
+    confirmed: trio.Event = attrs.Factory(trio.Event)
+    leave: trio.Event = attrs.Factory(trio.Event)
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+async def run_soak(
+    store: GroupStore,
+    *,
+    seconds: float,
+    members: int = 4,
+    seed: int = 0,
+    group: str = "soak",
+    change_every: float = 0.2,
+    batch: int = 20,
+) -> SoakReport:
+    """Run a soak test for ``seconds`` of chaos on ``store``; return the report."""
+    rng = random.Random(seed)
+    report = SoakReport()
+    slots: list[_Slot] = []
+    counter = 0
+
+    async with open_node(store) as node, trio.open_nursery() as nursery:
+
+        async def run_member(slot: _Slot, task_status: trio.TaskStatus[None]) -> None:
+            with slot.cancel:
+                async with node.open_member(group, slot.callbacks) as member:
+                    slot.member = member
+                    slot.callbacks.me = member.id
+                    task_status.started()
+                    while not slot.stop_broadcasting.is_set():
+                        for _ in range(batch):
+                            slot.sent += 1
+                            await member.broadcast(slot.sent)
+                        await trio.sleep(0.001)
+                    slot.sent += 1
+                    await member.confirmed_broadcast(slot.sent)
+                    slot.confirmed.set()
+                    await slot.leave.wait()
+            slot.done.set()
+
+        async def join() -> None:
+            nonlocal counter
+            counter += 1
+            slot = _Slot(SoakMember(report, f"m{counter}"))
+            slots.append(slot)
+            report.joins += 1
+            await nursery.start(run_member, slot)
+
+        async def remove(slot: _Slot, how: str) -> None:
+            slots.remove(slot)
+            assert slot.member is not None
+            if how == "kill":
+                report.kills += 1
+                slot.member.kill()
+            else:
+                report.leaves += 1
+            slot.cancel.cancel()
+            await slot.done.wait()
+
+        for _ in range(members):
+            await join()
+        deadline = trio.current_time() + seconds
+        while trio.current_time() < deadline:
+            await trio.sleep(change_every * rng.uniform(0.5, 1.5))
+            roll = rng.random()
+            if len(slots) > 2 and roll < 0.3:
+                await remove(rng.choice(slots), "kill")
+            elif len(slots) > 2 and roll < 0.6:
+                await remove(rng.choice(slots), "leave")
+            elif len(slots) < members + 2:
+                await join()
+
+        # The end: stop broadcasting, one final confirmed broadcast each.
+        survivors = list(slots)
+        report.survivors = len(survivors)
+        for slot in survivors:
+            slot.stop_broadcasting.set()
+        for slot in survivors:
+            await slot.confirmed.wait()
+        _check_finals(report, survivors)
+        for slot in survivors:
+            slot.leave.set()
+            await slot.done.wait()
+    return report
+
+
+def _check_finals(report: SoakReport, survivors: list[_Slot]) -> None:
+    """Each survivor holds every survivor's messages up to its final one."""
+    for holder in survivors:
+        for sender in survivors:
+            assert sender.callbacks.me is not None
+            got = holder.callbacks.last.get(sender.callbacks.me)
+            if got != sender.sent:
+                report.violations.append(
+                    f"{holder.callbacks.name} holds {sender.callbacks.name}'s messages up to "
+                    f"{got}, not up to its final confirmed one, {sender.sent}"
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_gm.testing.soak",
+        description="Soak-test a gm group with joins, leaves and kills; exit 1 on any violation.",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long (default 10)")
+    parser.add_argument("--members", type=int, default=4, help="group size to aim for")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--store", default="sqlite://", help="store URL (default: in memory)")
+    args = parser.parse_args(argv)
+
+    async def go() -> SoakReport:
+        async with open_store(args.store) as store:
+            await store.create_tables()
+            return await run_soak(store, seconds=args.seconds, members=args.members, seed=args.seed)
+
+    report = trio.run(go)
+    for violation in report.violations[:50]:
+        print("VIOLATION", violation)
+    print(report.summary())
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
