@@ -8,7 +8,9 @@ of its ``node.open_member(...)`` block.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -28,6 +30,15 @@ from .ring.member import (
     raise_if_shutting_down,
 )
 from .store import GroupStore
+from .transport.codec import Codec
+from .transport.tcp import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_FRAME,
+    Transport,
+    TransportStatistics,
+    internal_classes,
+    split_address,
+)
 
 #: Default bound on a member's own messages buffered or unacknowledged.
 DEFAULT_MAX_IN_FLIGHT: Final = 2000
@@ -38,8 +49,9 @@ _CALLBACKS: Final = ("joined", "members_changed", "handle_msg", "handle_terminat
 class Member:
     """The owner's handle on one member of a group."""
 
-    def __init__(self, actor: MemberActor, handle: ActorHandle) -> None:
+    def __init__(self, actor: MemberActor, handle: ActorHandle, codec: Codec | None) -> None:
         self._actor = actor
+        self._codec = codec
         self._handle = handle
         cell = handle.node.cell(handle.id)
         assert cell is not None
@@ -88,6 +100,8 @@ class Member:
         """
         if size_hint.__class__ is not int or size_hint < 0:
             raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")
+        if self._codec is not None:
+            self._codec.check(msg)
         actor = self._actor
         if actor.in_flight >= actor.max_in_flight and not self._in_own_callback():
             await self._wait_for_room()
@@ -110,6 +124,8 @@ class Member:
                 "confirmed_broadcast from the member's own callback would deadlock: "
                 "the confirmation needs this member to handle more messages; use broadcast"
             )
+        if self._codec is not None:
+            self._codec.check(msg)
         await self._wait_for_room()
         raise_if_shutting_down(await self._call(_ConfirmedBroadcast(msg)), self.id)
 
@@ -157,13 +173,31 @@ class Member:
 class Node:
     """Hosts members; made by :func:`open_node`."""
 
-    def __init__(self, store: GroupStore, actors: ActorNode) -> None:
+    def __init__(
+        self, store: GroupStore, actors: ActorNode, transport: Transport | None = None
+    ) -> None:
         self.store = store
         self.actors = actors
+        self.transport = transport
+        #: Encodes what crosses to other nodes; register your attrs message
+        #: classes with ``node.codec.register(cls)`` (on every node).
+        self.codec: Codec | None = transport.codec if transport is not None else None
 
     @property
     def name(self) -> str:
         return self.actors.name
+
+    @property
+    def address(self) -> str | None:
+        """``host:port`` this node listens on, or None for a node of one process."""
+        if self.transport is None:
+            return None
+        host, port = split_address(self.transport.name)
+        return f"{host}:{port}"
+
+    def statistics(self) -> TransportStatistics | None:
+        """Peers, bytes and frames in and out, reconnects (None without ``listen``)."""
+        return None if self.transport is None else self.transport.statistics()
 
     @asynccontextmanager
     async def open_member(
@@ -205,7 +239,7 @@ class Node:
         )
         async with trio.open_nursery() as nursery:
             handle = await self.actors.start_actor(nursery, actor)
-            member = Member(actor, handle)
+            member = Member(actor, handle, self.codec)
             try:
                 await member._call(_Request.AWAIT_READY)
                 yield member
@@ -214,10 +248,74 @@ class Node:
 
 
 @asynccontextmanager
-async def open_node(store: GroupStore, *, name: str | None = None) -> AsyncIterator[Node]:
-    """A node for members of groups kept in ``store``, for the block's duration."""
+async def open_node(
+    store: GroupStore,
+    *,
+    name: str | None = None,
+    listen: str | None = None,
+    cookie: str | bytes | None = None,
+    ssl_context: Any = None,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT,
+    max_frame_size: int = DEFAULT_MAX_FRAME,
+) -> AsyncIterator[Node]:
+    """A node for members of groups kept in ``store``, for the block's duration.
+
+    Without ``listen`` every member lives in this process. With
+    ``listen="host:port"`` (port 0 picks a free one; ``node.address`` says
+    which) members of other nodes can reach this node's members over TCP.
+    A peer must prove it knows ``cookie`` (HMAC challenge-response; the
+    cookie is never sent) before anything it sends is accepted; without a
+    cookie the node listens on loopback addresses only. ``ssl_context``
+    wraps every connection in TLS. A peer silent for ``heartbeat_interval``
+    seconds is declared down; frames above ``max_frame_size`` bytes close
+    their connection.
+    """
     if not isinstance(store, GroupStore):
         raise TypeError(f"open_node needs a GroupStore (from open_store), got {store!r}")
-    node = Node(store, ActorNode(name))
-    await trio.lowlevel.checkpoint()
-    yield node
+    if listen is None:
+        if cookie is not None or ssl_context is not None:
+            raise ValueError("cookie and ssl_context only make sense with listen='host:port'")
+        node = Node(store, ActorNode(name))
+        await trio.lowlevel.checkpoint()
+        yield node
+        return
+    host, port = split_address(listen)
+    if not (heartbeat_interval > 0):
+        raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
+    if cookie is None:
+        if not _is_loopback(host):
+            raise ValueError(
+                f"refusing to listen on {listen!r} without a cookie: anyone who can reach "
+                "it could join; pass cookie=... or listen on a loopback address"
+            )
+        secret = b""
+    else:
+        secret = cookie.encode() if isinstance(cookie, str) else bytes(cookie)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()
+    node_name = f"{host}:{bound[1]}#{secrets.token_hex(4)}"
+    actors = ActorNode(node_name)
+    transport = Transport(
+        actors,
+        Codec(internal_classes()),
+        cookie=secret,
+        heartbeat_interval=heartbeat_interval,
+        max_frame_size=max_frame_size,
+        ssl_context=ssl_context,
+    )
+    actors.remote = transport
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.serve, listeners)
+        try:
+            yield Node(store, actors, transport)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -23,9 +23,9 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 import trio
@@ -49,6 +49,26 @@ SYSTEM: Final = 4
 DEFAULT_CALL_TIMEOUT: Final = 5.0
 
 Envelope = tuple[int, Any, Any]
+
+#: The pseudo-actor serial that stands for "the node itself" as a watcher
+#: (of the target of a call to another node).
+NODE_WATCHER: Final = 0
+
+
+class Remote(Protocol):
+    """What a transport provides for ids of other nodes."""
+
+    def post(self, to: ActorId, envelope: Envelope) -> bool: ...
+
+    def call(self, to: ActorId, request: Any, from_: From) -> None: ...
+
+    def call_done(self, from_: From) -> None: ...
+
+    def reply(self, from_: From, value: Any) -> None: ...
+
+    def monitor(self, watcher: ActorId, target: ActorId, ref: MonitorRef) -> None: ...
+
+    def demonitor(self, ref: MonitorRef, target: ActorId) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -88,9 +108,10 @@ class ActorNode:
         self._waiters: dict[int, _CallWaiter] = {}
         self._dropped = 0
         self._late_replies = 0
-        #: Delivers envelopes for ids of other nodes; None drops them. The
-        #: transport installs itself here. Returns whether it took the envelope.
-        self.router: Callable[[ActorId, Envelope], bool] | None = None
+        #: Carries messages, calls and monitors to ids of other nodes; None
+        #: (a node of one process) treats those ids as dead. The transport
+        #: installs itself here.
+        self.remote: Remote | None = None
 
     # -- ids and registry -------------------------------------------------
 
@@ -122,8 +143,8 @@ class ActorNode:
         if cell is not None and not cell.mailbox.closed:
             cell.mailbox.send_nowait(envelope)
             return True
-        if to.node != self.name and self.router is not None:
-            return self.router(to, envelope)
+        if to.node != self.name and self.remote is not None:
+            return self.remote.post(to, envelope)
         self._dropped += 1
         return False
 
@@ -147,16 +168,22 @@ class ActorNode:
         """
         if not (timeout > 0):
             raise ValueError(f"call timeout must be a positive number of seconds, got {timeout!r}")
+        remote = self.remote if to.node != self.name else None
         cell = self._cells.get(to)
-        if cell is None or cell.mailbox.closed:
+        if remote is None and (cell is None or cell.mailbox.closed):
             await trio.lowlevel.checkpoint()
             raise NoSuchActor(f"no actor {to} to call with {request!r}")
         tag = next(self._tags)
+        from_ = From(self.name, tag)
         waiter = _CallWaiter(to)
         self._waiters[tag] = waiter
-        cell.callers.add(tag)
         try:
-            cell.mailbox.send_nowait((CALL, request, From(self.name, tag)))
+            if cell is not None:
+                cell.callers.add(tag)
+                cell.mailbox.send_nowait((CALL, request, from_))
+            else:
+                assert remote is not None
+                remote.call(to, request, from_)
             if timeout == math.inf:
                 await waiter.event.wait()
             else:
@@ -164,7 +191,10 @@ class ActorNode:
                     await waiter.event.wait()
         finally:
             self._waiters.pop(tag, None)
-            cell.callers.discard(tag)
+            if cell is not None:
+                cell.callers.discard(tag)
+            elif remote is not None:
+                remote.call_done(from_)
         if not waiter.done:
             raise CallTimeout(f"call to {to} with {request!r} was not answered within {timeout}s")
         if waiter.stopped_reason is not None:
@@ -175,7 +205,11 @@ class ActorNode:
 
     def reply(self, from_: From, value: Any) -> None:
         """Answer a call; a reply to a call that gave up is discarded."""
-        waiter = self._waiters.get(from_.tag) if from_.node == self.name else None
+        if from_.node != self.name:
+            if self.remote is not None:
+                self.remote.reply(from_, value)
+            return
+        waiter = self._waiters.get(from_.tag)
         if waiter is None or waiter.done:
             self._late_replies += 1
             return
@@ -201,6 +235,9 @@ class ActorNode:
         posted at once.
         """
         ref = self.new_monitor_ref()
+        if target.node != self.name and self.remote is not None:
+            self.remote.monitor(watcher, target, ref)
+            return ref
         cell = self._cells.get(target)
         if cell is None or cell.stopping:
             self.post(watcher, (INFO, Down(ref, target, "noproc"), None))
@@ -209,6 +246,9 @@ class ActorNode:
         return ref
 
     def demonitor(self, ref: MonitorRef, target: ActorId) -> None:
+        if target.node != self.name and self.remote is not None:
+            self.remote.demonitor(ref, target)
+            return
         cell = self._cells.get(target)
         if cell is not None:
             cell.watchers.pop(ref, None)
