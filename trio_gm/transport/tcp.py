@@ -465,7 +465,7 @@ class Transport:
         if kind == INFO and type(payload) is Down:
             reason = payload.reason if isinstance(payload.reason, str) else repr(payload.reason)
             return self._send(to.node, DownFrame(payload.ref, to, payload.target, reason))
-        if kind == CAST or kind == INFO:
+        if kind in (CAST, INFO):
             return self._send(to.node, Send(to, kind == INFO, payload))
         raise ValueError(f"cannot post envelope kind {kind} to another node")
 
