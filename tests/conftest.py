@@ -12,11 +12,14 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import pytest
 import sqlalchemy
+
+import trio_gm
+from tests.gm_helpers import Events
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -56,3 +59,30 @@ def postgres_schema(url: str) -> Iterator[str]:
                 conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def gm_store(request: pytest.FixtureRequest) -> AsyncIterator[trio_gm.GroupStore]:
+    """A fresh store: SQLite in memory, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        async with trio_gm.open_store("sqlite://") as store:
+            await store.create_tables()
+            yield store
+        return
+    url = request.getfixturevalue("postgres_url")
+    with postgres_schema(url) as schema:
+        async with trio_gm.open_store(url, schema=schema) as store:
+            await store.create_tables()
+            yield store
+
+
+@pytest.fixture
+async def sqlite_store() -> AsyncIterator[trio_gm.GroupStore]:
+    async with trio_gm.open_store("sqlite://") as store:
+        await store.create_tables()
+        yield store
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()

@@ -10,8 +10,7 @@ import trio
 import trio.testing
 
 import trio_gm
-
-from .conftest import Blocker, Events, Reporter
+from tests.gm_helpers import Blocker, Events, Reporter
 
 GROUP = "contract"
 

@@ -12,11 +12,10 @@ import trio
 import trio.testing
 
 import trio_gm
+from tests.gm_helpers import Blocker, Events, Reporter
 from trio_gm.ring.member import MemberActor
 from trio_gm.ring.messages import Activity, ActivityEntry, AddOnRight, Catchup, CheckNeighbours
 from trio_gm.store import Group, GroupMember
-
-from .conftest import Blocker, Events, Reporter
 
 GROUP = "later"
 

@@ -15,8 +15,7 @@ import trio
 import trio.testing
 
 import trio_gm
-
-from .conftest import Events, Reporter
+from tests.gm_helpers import Events, Reporter
 
 GROUP = "unit_gm"
 

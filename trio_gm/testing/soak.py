@@ -20,7 +20,9 @@ test suite runs a short one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import secrets
 import sys
 from typing import Any
 
@@ -95,6 +97,7 @@ class SoakMember:
 @attrs.define(eq=False)
 class _Slot:
     callbacks: SoakMember
+    node_index: int = 0
     member: Member | None = None
     sent: int = -1
     cancel: trio.CancelScope = attrs.Factory(trio.CancelScope)
@@ -113,16 +116,33 @@ async def run_soak(
     group: str = "soak",
     change_every: float = 0.2,
     batch: int = 20,
+    nodes: int = 1,
 ) -> SoakReport:
-    """Run a soak test for ``seconds`` of chaos on ``store``; return the report."""
+    """Run a soak test for ``seconds`` of chaos on ``store``; return the report.
+
+    With ``nodes`` > 1 the members are spread over that many nodes talking
+    over TCP on loopback.
+    """
     rng = random.Random(seed)
     report = SoakReport()
     slots: list[_Slot] = []
     counter = 0
 
-    async with open_node(store) as node, trio.open_nursery() as nursery:
+    async with contextlib.AsyncExitStack() as stack:
+        if nodes == 1:
+            hosts = [await stack.enter_async_context(open_node(store))]
+        else:
+            cookie = secrets.token_hex(16)
+            hosts = [
+                await stack.enter_async_context(
+                    open_node(store, listen="127.0.0.1:0", cookie=cookie)
+                )
+                for _ in range(nodes)
+            ]
+        nursery = await stack.enter_async_context(trio.open_nursery())
 
         async def run_member(slot: _Slot, task_status: trio.TaskStatus[None]) -> None:
+            node = hosts[slot.node_index]
             with slot.cancel:
                 async with node.open_member(group, slot.callbacks) as member:
                     slot.member = member
@@ -142,7 +162,7 @@ async def run_soak(
         async def join() -> None:
             nonlocal counter
             counter += 1
-            slot = _Slot(SoakMember(report, f"m{counter}"))
+            slot = _Slot(SoakMember(report, f"m{counter}"), node_index=counter % len(hosts))
             slots.append(slot)
             report.joins += 1
             await nursery.start(run_member, slot)
@@ -207,12 +227,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=4, help="group size to aim for")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--store", default="sqlite://", help="store URL (default: in memory)")
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="spread the members over this many TCP nodes"
+    )
     args = parser.parse_args(argv)
 
     async def go() -> SoakReport:
         async with open_store(args.store) as store:
             await store.create_tables()
-            return await run_soak(store, seconds=args.seconds, members=args.members, seed=args.seed)
+            return await run_soak(
+                store,
+                seconds=args.seconds,
+                members=args.members,
+                seed=args.seed,
+                nodes=args.nodes,
+            )
 
     report = trio.run(go)
     for violation in report.violations[:50]:

@@ -130,23 +130,27 @@ class _Connection:
         self.wake.set()
 
     async def run(self) -> None:
-        reason = "closed"
-        with self.scope:
-            try:
+        self.reason = "closed"
+        try:
+            with self.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer)
-                    nursery.start_soon(self._heartbeats)
-                    await self._reader()
-                    nursery.cancel_scope.cancel()
-            except ConnectionLost as exc:
-                reason = str(exc)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-        self.closed = True
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(1):
+                    for part in (self._writer, self._heartbeats, self._reader):
+                        nursery.start_soon(self._guard, part, nursery.cancel_scope)
+        finally:
+            self.closed = True
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
-        self.transport._lost(self, reason)
+            self.transport._lost(self, self.reason)
+
+    async def _guard(self, part: Any, scope: trio.CancelScope) -> None:
+        """Run one side of the connection; whichever ends first ends it all."""
+        try:
+            await part()
+        except ConnectionLost as exc:
+            self.reason = str(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.reason = f"{type(exc).__name__}: {exc}"
+        scope.cancel()
 
     async def _writer(self) -> None:
         while True:
@@ -300,49 +304,79 @@ class Transport:
 
     async def _accepted(self, raw: trio.SocketStream) -> None:
         stream = self._wrap(raw, server_side=True)
+        adopted = False
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                buffer = bytearray()
-                hello = await self._read_frame(stream, buffer)
-                if type(hello) is not Hello:
-                    raise ConnectionLost(f"expected Hello, got {type(hello).__name__}")
-                nonce = secrets.token_bytes(16)
-                proof = _proof(self.cookie, b"acceptor", hello.nonce, nonce, hello.name, self.name)
-                await self._send_frame(stream, Challenge(self.name, nonce, proof))
-                response = await self._read_frame(stream, buffer)
-                if type(response) is not Response:
-                    raise ConnectionLost(f"expected Response, got {type(response).__name__}")
-                expected = _proof(self.cookie, b"dialer", nonce, hello.nonce, hello.name, self.name)
-                if not hmac.compare_digest(response.proof, expected):
-                    raise ConnectionLost(f"{hello.name} does not know the cookie")
-                peer = self._peer(hello.name)
-                live = peer.conn is not None and not peer.conn.closed
-                if self.name < hello.name and (peer.dialing or live):
-                    # One connection per pair: the one dialed by the smaller
-                    # name wins. A larger peer's dial is refused while ours
-                    # is under way or up (if the peer lost ours, it retries
-                    # until our heartbeat check notices).
-                    await self._send_frame(
-                        stream, Reject("the connection dialed by the smaller name wins")
-                    )
-                    await stream.aclose()
-                    return
-                await self._send_frame(stream, Welcome())
+            adopted = await self._accept_handshake(stream)
         except (ConnectionLost, CodecError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             self._refused += 1
             log.warning("%s refused an incoming connection: %s", self.name, exc)
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-            return
+        finally:
+            if not adopted:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.aclose()
+
+    async def _accept_handshake(self, stream: trio.abc.Stream) -> bool:
+        """Authenticate a dialer; return whether its connection was adopted."""
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            buffer = bytearray()
+            hello = await self._read_frame(stream, buffer)
+            if type(hello) is not Hello:
+                raise ConnectionLost(f"expected Hello, got {type(hello).__name__}")
+            nonce = secrets.token_bytes(16)
+            proof = _proof(self.cookie, b"acceptor", hello.nonce, nonce, hello.name, self.name)
+            await self._send_frame(stream, Challenge(self.name, nonce, proof))
+            response = await self._read_frame(stream, buffer)
+            if type(response) is not Response:
+                raise ConnectionLost(f"expected Response, got {type(response).__name__}")
+            expected = _proof(self.cookie, b"dialer", nonce, hello.nonce, hello.name, self.name)
+            if not hmac.compare_digest(response.proof, expected):
+                raise ConnectionLost(f"{hello.name} does not know the cookie")
+            peer = self._peer(hello.name)
+            live = peer.conn is not None and not peer.conn.closed
+            if self.name < hello.name and (peer.dialing or live):
+                # One connection per pair: the one dialed by the smaller name
+                # wins. A larger peer's dial is refused while ours is under
+                # way or up (if the peer lost ours, it retries until our
+                # heartbeat check notices).
+                await self._send_frame(
+                    stream, Reject("the connection dialed by the smaller name wins")
+                )
+                return False
+            await self._send_frame(stream, Welcome())
         self._adopt(peer, stream, buffer)
+        return True
 
     async def _dial(self, peer: _Peer) -> None:
-        host, port = split_address(peer.name)
-        stream: trio.abc.Stream | None = None
         try:
-            with trio.fail_after(CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT):
-                raw = await trio.open_tcp_stream(host, port)
-                stream = self._wrap(raw, server_side=False, host=host)
+            outcome = await self._dial_once(peer)
+        except (
+            OSError,
+            ConnectionLost,
+            CodecError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+        ) as exc:
+            peer.dialing = False
+            if peer.conn is None:
+                self._peer_down(peer, f"cannot connect to {peer.name}: {exc}")
+            return
+        peer.dialing = False
+        if outcome == "rejected":
+            # The peer's own dial wins; its connection brings the link up.
+            # Should that dial fail, ours tries again.
+            await trio.sleep(HANDSHAKE_TIMEOUT)
+            if peer.conn is None and peer.pending and not peer.dialing:
+                peer.dialing = True
+                await self._dial(peer)
+
+    async def _dial_once(self, peer: _Peer) -> str:
+        host, port = split_address(peer.name)
+        with trio.fail_after(CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT):
+            raw = await trio.open_tcp_stream(host, port)
+        stream = self._wrap(raw, server_side=False, host=host)
+        adopted = False
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
                 nonce = secrets.token_bytes(16)
                 await self._send_frame(stream, Hello(self.name, nonce))
                 buffer = bytearray()
@@ -359,35 +393,18 @@ class Transport:
                 proof = _proof(self.cookie, b"dialer", challenge.nonce, nonce, self.name, peer.name)
                 await self._send_frame(stream, Response(proof))
                 verdict = await self._read_frame(stream, buffer)
-        except (
-            OSError,
-            ConnectionLost,
-            CodecError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-        ) as exc:
+            if type(verdict) is Reject:
+                return "rejected"
+            if type(verdict) is not Welcome:
+                raise ConnectionLost(f"unexpected handshake answer {verdict!r}")
             peer.dialing = False
-            if stream is not None:
-                with trio.CancelScope(shield=True):
+            self._adopt(peer, stream, buffer)
+            adopted = True
+            return "adopted"
+        finally:
+            if not adopted:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await stream.aclose()
-            if peer.conn is None:
-                self._peer_down(peer, f"cannot connect to {peer.name}: {exc}")
-            return
-        peer.dialing = False
-        if type(verdict) is Reject:
-            # The peer's own dial wins; its connection brings the link up.
-            # Should that dial fail, ours tries again.
-            await stream.aclose()
-            await trio.sleep(HANDSHAKE_TIMEOUT)
-            if peer.conn is None and peer.pending and not peer.dialing:
-                peer.dialing = True
-                await self._dial(peer)
-            return
-        if type(verdict) is not Welcome:
-            await stream.aclose()
-            self._peer_down(peer, f"unexpected handshake answer {verdict!r}")
-            return
-        self._adopt(peer, stream, buffer)
 
     def _adopt(self, peer: _Peer, stream: trio.abc.Stream, leftover: bytearray) -> None:
         old = peer.conn

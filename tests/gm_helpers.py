@@ -1,44 +1,16 @@
-"""Fixtures for the gm contract tests: a store per test, and an event log.
-
-``gm_store`` runs a test on an in-memory SQLite store and, for the tests
-marked ``contract``, also on PostgreSQL in a schema of its own.
-"""
+"""Callbacks and an event log shared by the gm tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import trio
 
 import trio_gm
-from tests.conftest import postgres_schema
 
 #: How long a test waits for an expected event before it fails.
 WAIT = 10.0
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def gm_store(request: pytest.FixtureRequest) -> AsyncIterator[trio_gm.GroupStore]:
-    """A fresh store: SQLite in memory, or a PostgreSQL schema of its own."""
-    if request.param == "sqlite":
-        async with trio_gm.open_store("sqlite://") as store:
-            await store.create_tables()
-            yield store
-        return
-    url = request.getfixturevalue("postgres_url")
-    with postgres_schema(url) as schema:
-        async with trio_gm.open_store(url, schema=schema) as store:
-            await store.create_tables()
-            yield store
-
-
-@pytest.fixture
-async def sqlite_store() -> AsyncIterator[trio_gm.GroupStore]:
-    async with trio_gm.open_store("sqlite://") as store:
-        await store.create_tables()
-        yield store
 
 
 class Events:
@@ -92,11 +64,6 @@ class Reporter:
 
     def handle_terminate(self, args: Any, reason: Any) -> None:
         self.events.add(("terminate", args, reason))
-
-
-@pytest.fixture
-def events() -> Events:
-    return Events()
 
 
 class Blocker(Reporter):
