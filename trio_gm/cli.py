@@ -127,7 +127,7 @@ async def _member(args: argparse.Namespace) -> int:
             ) as node:
                 async with node.open_member(args.group, _PrintingMember(out)) as member:
                     out("ready", id=str(member.id), address=node.address)
-                    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(_leave_on_signal, signals, nursery.cancel_scope)
                             await _commands(member, out, nursery)
@@ -140,6 +140,7 @@ async def _member(args: argparse.Namespace) -> int:
 
 
 async def _leave_on_signal(signals: Any, scope: trio.CancelScope) -> None:
+    """Ctrl-C or SIGTERM: leave the group cleanly and exit 0."""
     async for _ in signals:
         scope.cancel()
         return

@@ -120,3 +120,29 @@ async def test_a_stopped_peer_is_declared_down_within_the_heartbeat_interval(
                 for proc in (a, b):
                     await proc.stop()
             nursery.cancel_scope.cancel()
+
+
+async def test_ctrl_c_leaves_the_group_cleanly(pg_group: tuple[str, str], tmp_path: Path) -> None:
+    url, schema = pg_group
+    cookie = tmp_path / "cookie"
+    cookie.write_text("s3cret")
+    args = _args(url, schema, cookie)
+    a, b = MemberProcess("a"), MemberProcess("b")
+    async with trio.open_nursery() as nursery:
+        try:
+            await a.start(nursery, args)
+            await b.start(nursery, args)
+            await a.expect(lambda e: e["event"] == "members_changed" and e["births"] == [b.id])
+            b.signal(signal.SIGINT)
+            await b.expect(lambda e: e["event"] == "terminate" and e["reason"] == "normal")
+            assert b.process is not None
+            with trio.fail_after(10):
+                assert await b.process.wait() == 0
+            await a.command("confirm one")
+            await a.command("confirm two")
+            await a.expect(lambda e: e["event"] == "members_changed" and b.id in e["deaths"])
+        finally:
+            with trio.CancelScope(shield=True):
+                for proc in (a, b):
+                    await proc.stop()
+            nursery.cancel_scope.cancel()
