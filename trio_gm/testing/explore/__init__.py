@@ -1,0 +1,163 @@
+"""A deterministic schedule explorer for the ring, after RabbitMQ's gm_qc.
+
+RabbitMQ found several gm bugs only once a model test controlled every
+message, monitor and transaction of the ring. This package does that for
+trio_gm and checks much more than "no message lost".
+
+What is explored
+================
+A group of real :class:`~trio_gm.ring.member.MemberActor` members (3 by
+default) on one actor node, in one ``trio.run`` under a ``MockClock``,
+whose :class:`~trio_gm.ring.io.RingIO` (:class:`~._harness.HarnessIO`)
+holds everything: ring messages wait in per-link FIFO queues, the join's
+``AddOnRight`` call and its reply travel on links too, a stopped member's
+``Down`` is queued on each link target -> watcher after everything the target
+sent on it, and store operations wait as pending transactions that run one
+at a time on an in-memory group through :mod:`trio_gm.store.ops`. A
+schedule is a list of step values (``0..STEP_MAX``); each picks one of the
+enabled actions:
+
+* deliver the head of one link;
+* deliver *everything* queued for one member at once, so that its mailbox
+  priorities (``flush``, ``Down``) decide the order;
+* run one pending transaction;
+* broadcast (1 to 3 messages), or start a confirmed broadcast;
+* kill a member (optionally right after its pending transaction commits,
+  before it sees the result), start a join, make a member leave;
+* move the clock 30 ms (gm's 25 ms flush timer, the join retry delay).
+
+After every step the harness waits until every task is blocked, so a step
+has the same effect on every run, then checks the invariants. After the
+last step it drains (delivers everything, runs every transaction, lets
+timers fire), has every survivor make one more confirmed broadcast (views
+refresh only on traffic), drains again, and runs the final checks.
+Hypothesis draws the step lists (and shrinks a failing one); a schedule
+replays from its step list (``--replay``).
+
+Invariants checked after every step
+===================================
+*Views only move forward*: a running member's view version never decreases
+and is never newer than the store's.
+
+*Inheritance*: in the stored ring every dead member has exactly one heir
+(the next alive member after it), and at most one running member's own
+view lists a dead member among its aliases.
+
+*Well-formedness (gm.erl's proof sketch)*. Let the ring be the running
+members in stored-ring order (members marked dead, or dead but not yet
+recorded, are skipped). For a member M, a publisher P and a publication n
+pending at M (seen, not seen acknowledged), let H be who speaks for P: P if
+it runs, else the first running member after P in the stored ring. X
+*knows the publication* if its ``last_pub`` for P is >= n; X *knows the
+acknowledgement* if it knows the publication and n is before its first
+pending number (retired). H has *converted* n if it knows its acknowledgement.
+
+* If H has not converted n, the publication must be in flight from M to H:
+  along the path M -> ... -> H (the whole ring if M is H), wherever a
+  member knows it and the next one does not (H itself counts as not
+  knowing: the publication has to come back to it), the hop must carry it.
+* If H has converted n, the acknowledgement must be in flight from H to M:
+  along H -> ... -> M, wherever a member knows it and the next does not (M
+  does not), the hop must carry it.
+
+A hop from X to its ring successor Y *carries* an item when either X does
+not yet have Y as its right (it will send Y a catch-up of its whole state
+when it learns), or a message waiting for Y (queued on the link, or posted
+to Y's mailbox and not yet handled) from X or from a dead member between
+them holds it: an ``Activity`` entry with that publication, or an
+acknowledgement up to at least n, or a ``Catchup`` whose snapshot has n
+pending (for a publication) or retired (for an acknowledgement). Before
+Y's first catch-up only a ``Catchup``, or an ``Activity`` queued behind
+one, counts (an earlier activity is dropped). A member still waiting for
+its first catch-up holds no entries of its own; it is a hop that knows
+nothing. Pending entries for a publisher erased from the stored ring are a
+violation.
+
+*The left's DOWN never overtakes the left*: when a member handles the
+``Down`` of its current left, no ring message that left sent may still be
+waiting in its mailbox (gm relies on it: the left's last activity would be
+discarded as a stray).
+
+Also on every callback: no death is reported for a member never
+announced, and no message arrives from a member before it was announced;
+no member crashes.
+
+Checks at the end
+=================
+Every survivor holds its first state, nothing unacknowledged, nothing
+buffered, and its view's alive members are the store's; no dead member is
+left in the stored ring and its alive members are exactly the survivors.
+No message is lost: if a message's publisher survived, or any survivor got
+it, every survivor that was alive in the stored ring when it was published
+got it. Each member got each sender's messages in publication order, with
+no gap and no duplicate. Every confirmed broadcast returned (successfully
+if its publisher survived). Every killed or departed member stopped, and
+one that left got ``handle_terminate(..., "normal")``; nobody else stopped.
+
+Known ring defects
+==================
+The explorer found three defects in the ring (gm.erl behaves the same
+way). Their signatures are recognised and tolerated unless ``strict``
+(``--strict``), so that a run finds anything new; the test suite
+reproduces each one with an ``xfail(strict=True)`` test.
+
+``alias-ack-lost``
+    A joiner copies its left's entry for a dead member the left inherited
+    (pending empty, ``last_ack`` behind ``last_pub``). After another death
+    the joiner's catch-up resets the heir's ``last_ack`` for that alias to
+    the copied value (``catchup_entries`` sets it from the left's), and the
+    acknowledgements lost with the dead member never come round again: the
+    alias is never erased, and every member has ``has_pending`` for ever.
+``alone-keeps-state``
+    A member becomes alone through a view change other than handling its
+    own ``Down`` (for example, a joiner recorded its last neighbour dead
+    and the member adopted the view on its own erase transaction). Its
+    neighbour's ``Down`` messages were demonitored, so the "alone" branch
+    of ``_on_down`` (blank the state, answer confirms) never runs: it keeps
+    pending entries nobody will acknowledge unless someone joins.
+``orphan-join``
+    The chosen left commits a join and dies before sending the catch-up.
+    The joiner's call fails but it finds itself in the ring and takes its
+    first catch-up from its new left, as history: messages published
+    after it joined the ring, but already in that state, never reach it;
+    and if it inherits the dead left, the publications of that state it
+    now speaks for never come back to it, so they are never acknowledged.
+
+Injected defects
+================
+``--inject-bug NAME`` runs the explorer against a deliberately broken
+member (:data:`BUGS`): ``skip-catchup-after-death`` (catch-ups after the
+first are ignored), ``acks-before-pubs`` (forwarded publications are held
+back until the next activity has gone ahead), ``left-down-overtakes`` (every
+``Down`` gets priority 1: the RabbitMQ 3.3.2 bug). Each is caught within
+the default number of schedules.
+
+Usage
+=====
+``python -m trio_gm.testing.explore --schedules N --seed S [--members K]``
+ends with ``N schedules, 0 violations`` (exit 0), or prints the shrunk
+failing schedule, its trace, a state dump at the first violation and a
+``--replay`` command, and exits 1. From code, :func:`explore` and
+:func:`run_schedule`.
+"""
+
+from __future__ import annotations
+
+from ._checks import KNOWN_DEFECTS
+from ._driver import DEFAULT_SCHEDULES, ExploreResult, explore, main
+from ._harness import STEP_MAX, Harness, ScheduleReport, run_schedule
+from ._member import BUGS, ExplorerMember
+
+__all__ = [
+    "BUGS",
+    "DEFAULT_SCHEDULES",
+    "KNOWN_DEFECTS",
+    "STEP_MAX",
+    "ExploreResult",
+    "ExplorerMember",
+    "Harness",
+    "ScheduleReport",
+    "explore",
+    "main",
+    "run_schedule",
+]

@@ -1,0 +1,181 @@
+"""Drive the harness with hypothesis: random schedules, shrunk failures, a CLI."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import attrs
+
+from ._checks import KNOWN_DEFECTS
+from ._harness import STEP_MAX, ScheduleReport, run_schedule
+from ._member import BUGS
+
+#: Longest schedule hypothesis draws (steps before the drain).
+MAX_STEPS = 60
+#: Schedules the command explores by default; each injected bug must be
+#: caught within this many.
+DEFAULT_SCHEDULES = 200
+
+
+class ScheduleFailed(Exception):
+    """A schedule broke an invariant; carries its report."""
+
+    def __init__(self, report: ScheduleReport) -> None:
+        super().__init__("\n".join(report.violations))
+        self.report = report
+
+
+@attrs.define
+class ExploreResult:
+    """What :func:`explore` found."""
+
+    #: Schedules run, shrinking included.
+    schedules: int
+    seconds: float
+    #: The shrunk failing schedule, or None.
+    failure: ScheduleReport | None = None
+    #: Schedules that stopped on a known ring defect (tolerated).
+    known: int = 0
+
+
+def explore(
+    *,
+    schedules: int = DEFAULT_SCHEDULES,
+    seed: int = 0,
+    members: int = 3,
+    bug: str | None = None,
+    max_steps: int = MAX_STEPS,
+    strict: bool = False,
+    shrink: bool = True,
+) -> ExploreResult:
+    """Run ``schedules`` random schedules; on a violation, shrink it.
+
+    Deterministic for a given ``seed``. Needs hypothesis (a test dependency).
+    """
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis import strategies as st
+
+    result = ExploreResult(0, 0.0)
+
+    def one(steps: list[int]) -> None:
+        result.schedules += 1
+        report = run_schedule(steps, members=members, bug=bug, strict=strict, trace=True)
+        if report.violations:
+            raise ScheduleFailed(report)
+        if report.known:
+            result.known += 1
+
+    phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
+    test = given(st.lists(st.integers(0, STEP_MAX), min_size=5, max_size=max_steps))(one)
+    test = settings(
+        max_examples=schedules,
+        deadline=None,
+        database=None,
+        phases=phases,
+        suppress_health_check=list(HealthCheck),
+        verbosity=Verbosity.quiet,
+        report_multiple_bugs=False,
+        print_blob=False,
+    )(test)
+    test = hypothesis_seed(seed)(test)
+    started = time.perf_counter()
+    try:
+        test()
+    except ScheduleFailed as failed:
+        result.failure = failed.report
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _parse_steps(text: str) -> list[int]:
+    steps = [int(part) for part in text.replace(",", " ").split()]
+    for value in steps:
+        if not 0 <= value <= STEP_MAX:
+            raise argparse.ArgumentTypeError(f"step {value} is outside 0..{STEP_MAX}")
+    return steps
+
+
+def _replay_command(report: ScheduleReport, strict: bool) -> str:
+    parts = ["python -m trio_gm.testing.explore", f"--members {report.members}"]
+    if report.bug:
+        parts.append(f"--inject-bug {report.bug}")
+    if strict:
+        parts.append("--strict")
+    parts.append(f"--replay {','.join(map(str, report.steps[: report.used + 1]))}")
+    return " ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_gm.testing.explore",
+        description=(
+            "Explore schedules of a gm ring (every message, DOWN and store transaction "
+            "held until a step delivers it) and check gm's invariants after every step."
+        ),
+    )
+    parser.add_argument(
+        "--schedules",
+        type=int,
+        default=DEFAULT_SCHEDULES,
+        help=f"schedules to run (default {DEFAULT_SCHEDULES})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
+    parser.add_argument("--members", type=int, default=3, help="members at the start (default 3)")
+    parser.add_argument("--inject-bug", choices=sorted(BUGS), help="run a deliberately broken ring")
+    parser.add_argument("--list-bugs", action="store_true", help="list the injectable bugs")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"count the known ring defects ({', '.join(KNOWN_DEFECTS)}) as violations",
+    )
+    parser.add_argument(
+        "--replay",
+        type=_parse_steps,
+        metavar="STEPS",
+        help="run one schedule, given as comma-separated step values, and print its trace",
+    )
+    parser.add_argument("--no-shrink", action="store_true", help="report failures unshrunk")
+    args = parser.parse_args(argv)
+    if args.list_bugs:
+        for name in sorted(BUGS):
+            print(name)
+        return 0
+    if args.schedules < 1:
+        parser.error("--schedules must be >= 1")
+    if args.members < 1:
+        parser.error("--members must be >= 1")
+
+    if args.replay is not None:
+        report = run_schedule(
+            args.replay, members=args.members, bug=args.inject_bug, strict=args.strict
+        )
+        print(report.format())
+        print(f"1 schedules, {len(report.violations)} violations")
+        return 1 if report.violations else 0
+
+    result = explore(
+        schedules=args.schedules,
+        seed=args.seed,
+        members=args.members,
+        bug=args.inject_bug,
+        strict=args.strict,
+        shrink=not args.no_shrink,
+    )
+    rate = result.schedules / result.seconds if result.seconds else 0.0
+    print(
+        f"explored in {result.seconds:.1f}s ({rate:.1f} schedules/s); "
+        f"{result.known} stopped on a known ring defect",
+        file=sys.stderr,
+    )
+    if result.failure is not None:
+        print("shrunk failing schedule:")
+        print(result.failure.format())
+        print(f"replay: {_replay_command(result.failure, args.strict)}")
+        print(f"{result.schedules} schedules, {len(result.failure.violations)} violations")
+        return 1
+    print(f"{result.schedules} schedules, 0 violations")
+    return 0
