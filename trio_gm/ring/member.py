@@ -217,6 +217,9 @@ class MemberActor(Actor):
         #: Why this member stopped, once it decided to.
         self.stop_reason: Any = None
         self.ready_waiters: list[From] = []
+        #: Recorded in the ring by a left that died before sending us its
+        #: state: our first catch-up comes from another left, later.
+        self.orphan = False
         self.delivered = 0
         self._next_membership_check = 0.0
         #: Broadcasts the owner handed over, not yet handled here. Handing
@@ -314,9 +317,12 @@ class MemberActor(Actor):
             try:
                 reply = await io.call(left, AddOnRight(me))
             except ActorError:
-                # The chosen left is dead: record it and try again.
+                # The chosen left is dead: record it and try again. It may
+                # have recorded us before it died, without sending us its
+                # state: then we are an orphan (see _on_catchup).
                 result = await io.transact(RecordDead(me, left, verify=False))
                 group = None if isinstance(result, LostMembership) else result
+                self.orphan = group is not None and group.is_alive(me)
                 continue
             if isinstance(reply, NotReady):
                 await trio.sleep(JOIN_RETRY_DELAY)
@@ -582,9 +588,35 @@ class MemberActor(Actor):
             # Our first state: exactly our left's, passed on to our right.
             self._send_right(Catchup(self.view.version, self.self_id, msg.state))
             self._become_ready(build_members_state(msg.state))
+            if self.orphan:
+                await self._adopt_as_orphan(msg)
             return
         entries = catchup_entries(self.members_state, dict(msg.state), self.self_id, self.view)
         await self._process_activity(entries)
+
+    async def _adopt_as_orphan(self, msg: Catchup) -> None:
+        """Take a first state that is not from the left that recorded us.
+
+        That left died after recording us and before handing over its state
+        (Lemma 2's window, found by the schedule explorer). The state of our
+        new left is later than our joining: publications pending in it may
+        have been published after we joined, and nothing else will bring
+        them, so they are delivered here (earlier ones with them: from each
+        publisher a contiguous run, so order and gaps are kept). Those of a
+        publisher we speak for have been everywhere else: they are turned
+        into acknowledgements, as a catch-up from a new left would.
+        """
+        assert self.members_state is not None
+        self.orphan = False
+        aliases = self.view[self.self_id].aliases
+        delivered = [
+            ActivityEntry(publisher, first=snap.pending_first, pubs=snap.pending)
+            for publisher, snap in msg.state
+            if snap.pending and publisher != self.self_id and publisher not in aliases
+        ]
+        entries = catchup_entries(self.members_state, dict(msg.state), self.self_id, self.view)
+        await self._process_activity(entries)
+        self._check(await self._deliver(delivered))
 
     async def _on_activity(self, msg: Activity) -> None:
         if self.members_state is None or msg.sender != self.left[0]:
@@ -609,8 +641,12 @@ class MemberActor(Actor):
             self._signal_room()
         if out:
             self._send_right(Activity(self.view.version, self.self_id, tuple(out)))
+        # Deliver before erasing (gm erases first): an erasure can report a
+        # publisher of this very batch dead, and nothing may be delivered
+        # from a member after its death was reported (found by the explorer).
+        delivered = await self._deliver(out)
         self._check(await self._maybe_erase_aliases(self.view))
-        self._check(await self._deliver(out))
+        self._check(delivered)
 
     async def _deliver(self, entries: list[ActivityEntry]) -> Stop | None:
         """Call ``handle_msg`` for each publication; a Stop ends the batch.
@@ -684,11 +720,7 @@ class MemberActor(Actor):
             # Alone: nobody else can hold anything in flight. Blank the
             # state and answer confirms *before* erasing aliases, or the
             # erasure waits for ever (RabbitMQ bug 26119).
-            self.members_state = {}
-            self._confirm_through(self.pub_count)
-            if self.ready_waiters:
-                self._become_ready({})
-            self._all_acked()
+            self._alone()
             self._check(await self._maybe_erase_aliases(view))
         else:
             self._check(await self._change_view(view))
@@ -717,7 +749,22 @@ class MemberActor(Actor):
         if births or deaths:
             result = await self._callback("members_changed", births, deaths)
         self._check_neighbours()
+        if view.alive == [self.self_id] and (self.members_state or self.confirms):
+            # Alone through a view change made by someone else (our DOWNs
+            # for the dead were demonitored): nobody is left to acknowledge
+            # anything, exactly as after our own DOWN (found by the explorer).
+            self._alone()
+            erased = await self._maybe_erase_aliases(view)
+            result = result or erased
         return result
+
+    def _alone(self) -> None:
+        """Blank the state and answer confirms: nobody else can hold anything."""
+        self.members_state = {}
+        self._confirm_through(self.pub_count)
+        if self.ready_waiters:
+            self._become_ready({})
+        self._all_acked()
 
     def _check_neighbours(self) -> None:
         me = self.view[self.self_id]

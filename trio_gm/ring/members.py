@@ -113,6 +113,8 @@ def calculate_activity(
 ) -> tuple[list[ActivityEntry], int]:
     """Apply an activity from the left; return what goes right and own acks.
 
+    Entries about publishers the view no longer knows are dropped.
+
     For a publisher this member speaks for (itself or an inherited dead
     member) publications that come back have been everywhere: they become
     acknowledgements, sent on in their place. For any other publisher the
@@ -126,8 +128,15 @@ def calculate_activity(
     out: list[ActivityEntry] = []
     own_acked = -1
     aliases = view[self_id].aliases
+    known = view.known
     for entry in entries:
         publisher = entry.publisher
+        if publisher not in known:
+            # Erased from the ring: its heir saw its last publication
+            # acknowledged, so nothing about it is in flight any more; this
+            # entry is stale. Passing it on would send it round for ever
+            # (the loop of RabbitMQ PR 1431; found again by the explorer).
+            continue
         state = members_state.get(publisher)
         if state is None:
             state = members_state[publisher] = PublisherState()
@@ -190,7 +199,14 @@ def catchup_entries(
         if publisher == self_id or publisher in aliases:
             lo = max(left.pending_first, mine.first)
             hi = min(left_last, mine.pending_last)
-            mine.last_ack = left.last_ack
+            # gm takes the left's last_ack as it is. But the left may hold a
+            # stale copy (a joiner copies its left's entry) while the acks
+            # that would have moved ours on died with a member: then the
+            # dead alias is never erased (found by the schedule explorer).
+            # What the left has retired, acks have carried from us all the
+            # way round to it: count it as acknowledged, and never go back.
+            retired = left.pending_first - 1 if left.pending else left.last_pub
+            mine.last_ack = max(mine.last_ack, left.last_ack, min(retired, mine.last_pub))
             if left.pending and mine.pending and hi >= lo:
                 pubs = left.pending[lo - left.pending_first : hi - left.pending_first + 1]
                 entries.append(ActivityEntry(publisher, first=lo, pubs=pubs))

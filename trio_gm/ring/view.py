@@ -36,6 +36,15 @@ class View:
 
     version: int
     members: Mapping[MemberId, ViewMember]
+    #: Alive members and the dead ones they still carry as aliases.
+    known: frozenset[MemberId] = attrs.field(init=False)
+
+    @known.default
+    def _known(self) -> frozenset[MemberId]:
+        known: set[MemberId] = set(self.members)
+        for member in self.members.values():
+            known.update(member.aliases)
+        return frozenset(known)
 
     @property
     def alive(self) -> list[MemberId]:
@@ -43,10 +52,7 @@ class View:
 
     def all_known(self) -> frozenset[MemberId]:
         """Alive members and the dead ones they still carry as aliases."""
-        known: set[MemberId] = set(self.members)
-        for member in self.members.values():
-            known.update(member.aliases)
-        return frozenset(known)
+        return self.known
 
     def is_alias(self, member: MemberId, of: MemberId) -> bool:
         """Whether ``of`` speaks for ``member``: itself, or a dead member it inherited."""

@@ -222,7 +222,11 @@ def _entry_in_flight(
 ) -> tuple[str, Slot] | None:
     """None if the entry is well formed, else what is wrong and at which member."""
     heir_slot = running[heir]
-    converted = heir != m and _knows_ack(heir_slot, publisher, n)
+    heir_state = heir_slot.actor.members_state
+    # An heir that dropped the publisher's state has seen everything of it
+    # acknowledged (it is erasing it): from there, the ack is what travels.
+    erasing = heir_state is not None and publisher not in heir_state
+    converted = heir != m and (erasing or _knows_ack(heir_slot, publisher, n))
     if converted:
         kind, start, end = ACK, heir, m
     else:
