@@ -1,0 +1,31 @@
+"""The group store: gm's ``gm_group`` table under SERIALIZABLE transactions.
+
+See :mod:`trio_gm.store.store` for the theory of operation (why a total
+order of membership changes, retries, what a cancelled caller can assume)
+and :mod:`trio_gm.store.ops` for the membership changes themselves.
+"""
+
+from __future__ import annotations
+
+from . import ops
+from .codec import converter
+from .model import Group, GroupMember, LostMembership
+from .schema import gm_group, metadata, table_definitions
+from .store import DELETE, GroupStore, RetryPolicy, StoreStatistics, Write, open_store
+
+__all__ = [
+    "DELETE",
+    "Group",
+    "GroupMember",
+    "GroupStore",
+    "LostMembership",
+    "RetryPolicy",
+    "StoreStatistics",
+    "Write",
+    "converter",
+    "gm_group",
+    "metadata",
+    "open_store",
+    "ops",
+    "table_definitions",
+]
