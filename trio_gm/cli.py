@@ -49,7 +49,7 @@ from ._bench import (
     flood,
     percentiles,
 )
-from .testing.soak import SoakMember, SoakReport, run_soak
+from .testing.soak import SoakMember, SoakReport, print_report, run_soak
 
 log = logging.getLogger("trio_gm.cli")
 
@@ -520,10 +520,7 @@ async def _soak(args: argparse.Namespace) -> int:
             )
     except StoreError as exc:
         raise UsageError(str(exc)) from exc
-    for violation in report.violations[:50]:
-        print("VIOLATION", violation)
-    print(report.summary())
-    return 1 if report.violations else 0
+    return print_report(report)
 
 
 def _parser() -> argparse.ArgumentParser:

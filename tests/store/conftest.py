@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ import attrs
 import pytest
 import sqlalchemy
 
+from tests.conftest import postgres_schema
 from trio_gm.store import GroupStore, gm_group, open_store
 
 
@@ -32,18 +32,10 @@ class Target:
 
 
 @contextlib.contextmanager
-def postgres_schema(url: str) -> Iterator[Target]:
+def _schema_target(url: str) -> Iterator[Target]:
     """A fresh PostgreSQL schema for one test, dropped with everything in it afterwards."""
-    schema = f"trio_gm_test_{uuid.uuid4().hex}"
-    try:
+    with postgres_schema(url) as schema:
         yield Target("postgresql", url, schema)
-    finally:
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.begin() as conn:
-                conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            engine.dispose()
 
 
 @pytest.fixture(
@@ -54,14 +46,14 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if request.param == "sqlite":
         yield Target("sqlite", f"sqlite:///{tmp_path / 'gm.db'}", None)
         return
-    with postgres_schema(request.getfixturevalue("postgres_url")) as target:
+    with _schema_target(request.getfixturevalue("postgres_url")) as target:
         yield target
 
 
 @pytest.fixture
 def postgres_target(postgres_url: str) -> Iterator[Target]:
     """For the few tests of PostgreSQL-only behaviour."""
-    with postgres_schema(postgres_url) as target:
+    with _schema_target(postgres_url) as target:
         yield target
 
 

@@ -243,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
                 nodes=args.nodes,
             )
 
-    report = trio.run(go)
+    return print_report(trio.run(go))
+
+
+def print_report(report: SoakReport) -> int:
+    """Print a run's violations and summary; return the exit status."""
     for violation in report.violations[:50]:
         print("VIOLATION", violation)
     print(report.summary())
