@@ -17,7 +17,15 @@ from ._exceptions import (
 from ._ids import ActorId, MemberId
 from .node import DEFAULT_MAX_IN_FLIGHT, Member, Node, open_node
 from .ring.member import Become, GroupInfo, MemberStatistics, Stop
-from .store import GroupStore, open_store
+from .store import (
+    Group,
+    GroupMember,
+    GroupStore,
+    LostMembership,
+    RetryPolicy,
+    StoreStatistics,
+    open_store,
+)
 
 __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
@@ -26,18 +34,23 @@ __all__ = [
     "ActorStopped",
     "Become",
     "CallTimeout",
+    "Group",
     "GroupInfo",
+    "GroupMember",
     "GroupStore",
+    "LostMembership",
     "Member",
     "MemberId",
     "MemberStatistics",
     "MemberStopped",
     "NoSuchActor",
     "Node",
+    "RetryPolicy",
     "Stop",
     "StoreConfigError",
     "StoreConflict",
     "StoreError",
+    "StoreStatistics",
     "StoreUnavailable",
     "TrioGMError",
     "open_node",

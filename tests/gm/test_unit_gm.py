@@ -20,15 +20,37 @@ from tests.gm_helpers import Events, Reporter
 GROUP = "unit_gm"
 
 
+@pytest.fixture(params=["one node", "two nodes over TCP"])
+def spread(request: pytest.FixtureRequest) -> bool:
+    """Whether the test's members live on nodes of their own, talking over TCP."""
+    return bool(request.param != "one node")
+
+
 @asynccontextmanager
+async def open_nodes(
+    store: trio_gm.GroupStore, spread: bool
+) -> AsyncIterator[tuple[trio_gm.Node, trio_gm.Node]]:
+    """Two nodes on loopback with ``spread``, else the same node twice."""
+    if not spread:
+        async with trio_gm.open_node(store) as node:
+            yield node, node
+        return
+    async with (
+        trio_gm.open_node(store, listen="127.0.0.1:0", cookie="unit") as first,
+        trio_gm.open_node(store, listen="127.0.0.1:0", cookie="unit") as second,
+    ):
+        yield first, second
+
+
+@pytest.fixture
 async def two_members(
-    store: trio_gm.GroupStore, events: Events
+    gm_store: trio_gm.GroupStore, events: Events, spread: bool
 ) -> AsyncIterator[tuple[trio_gm.Node, trio_gm.Member, trio_gm.Member]]:
     """gm's with_two_members: a and b join; both leave and are seen to go."""
-    async with trio_gm.open_node(store) as node:
+    async with open_nodes(gm_store, spread) as (node, other):
         async with node.open_member(GROUP, Reporter(events), "a") as a:
             await events.expect("joined", "a", [a.id])
-            async with node.open_member(GROUP, Reporter(events), "b") as b:
+            async with other.open_member(GROUP, Reporter(events), "b") as b:
                 await events.expect("joined", "b", sorted([a.id, b.id]))
                 await events.expect("members_changed", "a", [b.id], [])
                 yield node, a, b
@@ -39,9 +61,11 @@ async def two_members(
     events.assert_empty()
 
 
-async def test_join_leave(gm_store: trio_gm.GroupStore, events: Events) -> None:
-    async with two_members(gm_store, events):
-        pass
+Members = tuple[trio_gm.Node, trio_gm.Member, trio_gm.Member]
+
+
+async def test_join_leave(two_members: Members) -> None:
+    pass
 
 
 BroadcastFn = Callable[[trio_gm.Member, Any], Awaitable[None]]
@@ -62,60 +86,60 @@ async def _magic(events: Events, a: trio_gm.Member, fn: BroadcastFn, msg: Any) -
 
 
 @pytest.mark.parametrize("fn", [_broadcast, _confirmed], ids=["broadcast", "confirmed"])
-async def test_broadcast(gm_store: trio_gm.GroupStore, events: Events, fn: BroadcastFn) -> None:
-    async with two_members(gm_store, events) as (_node, a, _b):
-        await _magic(events, a, fn, "magic_message")
+async def test_broadcast(two_members: Members, events: Events, fn: BroadcastFn) -> None:
+    _node, a, _b = two_members
+    await _magic(events, a, fn, "magic_message")
 
 
 async def test_confirmed_broadcast_returns_after_every_member_has_it(
-    gm_store: trio_gm.GroupStore, events: Events
+    two_members: Members, events: Events
 ) -> None:
-    async with two_members(gm_store, events) as (_node, a, _b):
-        await a.confirmed_broadcast("magic")
-        # Both deliveries happened before confirmed_broadcast returned.
-        assert ("msg", "b", a.id, "magic") in events.log
-        assert ("msg", "a", a.id, "magic") in events.log
-        events.log.clear()
+    _node, a, _b = two_members
+    await a.confirmed_broadcast("magic")
+    # Both deliveries happened before confirmed_broadcast returned.
+    assert ("msg", "b", a.id, "magic") in events.log
+    assert ("msg", "a", a.id, "magic") in events.log
+    events.log.clear()
 
 
-async def test_member_death(gm_store: trio_gm.GroupStore, events: Events) -> None:
-    async with two_members(gm_store, events) as (node, a, b):
-        async with node.open_member(GROUP, Reporter(events), "c") as c:
-            await events.expect("joined", "c", sorted([a.id, b.id, c.id]))
-            await events.expect("members_changed", "a", [c.id], [])
-            await events.expect("members_changed", "b", [c.id], [])
-            c.kill()
-            # Deaths are reported once the dead member's alias is erased,
-            # which takes ring traffic.
-            await _magic(events, a, _confirmed, "one")
-            await _magic(events, a, _confirmed, "two")
-            await events.expect("members_changed", "a", [], [c.id])
-            await events.expect("members_changed", "b", [], [c.id])
-        assert not c.alive
+async def test_member_death(two_members: Members, events: Events) -> None:
+    node, a, b = two_members
+    async with node.open_member(GROUP, Reporter(events), "c") as c:
+        await events.expect("joined", "c", sorted([a.id, b.id, c.id]))
+        await events.expect("members_changed", "a", [c.id], [])
+        await events.expect("members_changed", "b", [c.id], [])
+        c.kill()
+        # Deaths are reported once the dead member's alias is erased, which
+        # takes ring traffic.
+        await _magic(events, a, _confirmed, "one")
+        await _magic(events, a, _confirmed, "two")
+        await events.expect("members_changed", "a", [], [c.id])
+        await events.expect("members_changed", "b", [], [c.id])
+    assert not c.alive
 
 
-async def test_receive_in_order(gm_store: trio_gm.GroupStore, events: Events) -> None:
-    async with two_members(gm_store, events) as (_node, a, b):
-        numbers = list(range(1, 1001))
-        for n in numbers:
-            await a.broadcast(n)
-            await b.broadcast(n)
-        for receiver in ("a", "b"):
-            for sender in (a.id, b.id):
-                for n in numbers:
-                    got = await events.receive(
-                        lambda e, r=receiver, s=sender: e[0] == "msg" and e[1] == r and e[2] == s
-                    )
-                    assert got[3] == n, f"{receiver} got {got[3]} from {sender}, expected {n}"
+async def test_receive_in_order(two_members: Members, events: Events) -> None:
+    _node, a, b = two_members
+    numbers = list(range(1, 1001))
+    for n in numbers:
+        await a.broadcast(n)
+        await b.broadcast(n)
+    for receiver in ("a", "b"):
+        for sender in (a.id, b.id):
+            for n in numbers:
+                got = await events.receive(
+                    lambda e, r=receiver, s=sender: e[0] == "msg" and e[1] == r and e[2] == s
+                )
+                assert got[3] == n, f"{receiver} got {got[3]} from {sender}, expected {n}"
 
 
-async def test_unexpected_msg(gm_store: trio_gm.GroupStore, events: Events) -> None:
-    async with two_members(gm_store, events) as (node, a, _b):
-        node.actors.send(a.id, ("late reply", object()))
-        node.actors.cast(a.id, "not a ring message")
-        await trio.testing.wait_all_tasks_blocked()
-        assert a.alive
-        assert (await a.group_members()) != []
+async def test_unexpected_msg(two_members: Members) -> None:
+    node, a, _b = two_members
+    node.actors.send(a.id, ("late reply", object()))
+    node.actors.cast(a.id, "not a ring message")
+    await trio.testing.wait_all_tasks_blocked()
+    assert a.alive
+    assert (await a.group_members()) != []
 
 
 async def test_down_in_members_change(sqlite_store: trio_gm.GroupStore, events: Events) -> None:
