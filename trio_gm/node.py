@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -254,7 +255,8 @@ async def open_node(
     name: str | None = None,
     listen: str | None = None,
     cookie: str | bytes | None = None,
-    ssl_context: Any = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ssl_client_context: ssl.SSLContext | None = None,
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
     max_frame_size: int = DEFAULT_MAX_FRAME,
 ) -> AsyncIterator[Node]:
@@ -265,20 +267,24 @@ async def open_node(
     which) members of other nodes can reach this node's members over TCP.
     A peer must prove it knows ``cookie`` (HMAC challenge-response; the
     cookie is never sent) before anything it sends is accepted; without a
-    cookie the node listens on loopback addresses only. ``ssl_context``
-    wraps every connection in TLS. A peer silent for ``heartbeat_interval``
-    seconds is declared down; frames above ``max_frame_size`` bytes close
-    their connection.
+    cookie the node listens on loopback addresses only. With TLS,
+    ``ssl_context`` (a server context holding this node's certificate)
+    wraps the connections it accepts and ``ssl_client_context`` (one that
+    trusts the peers' certificates) those it dials; give both. A peer
+    silent for ``heartbeat_interval`` seconds is declared down; frames above
+    ``max_frame_size`` bytes close their connection.
     """
     if not isinstance(store, GroupStore):
         raise TypeError(f"open_node needs a GroupStore (from open_store), got {store!r}")
     if listen is None:
-        if cookie is not None or ssl_context is not None:
-            raise ValueError("cookie and ssl_context only make sense with listen='host:port'")
+        if cookie is not None or ssl_context is not None or ssl_client_context is not None:
+            raise ValueError("cookie and TLS contexts only make sense with listen='host:port'")
         node = Node(store, ActorNode(name))
         await trio.lowlevel.checkpoint()
         yield node
         return
+    if (ssl_context is None) != (ssl_client_context is None):
+        raise ValueError("TLS needs both ssl_context (to accept) and ssl_client_context (to dial)")
     host, port = split_address(listen)
     if not (heartbeat_interval > 0):
         raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
@@ -302,6 +308,7 @@ async def open_node(
         heartbeat_interval=heartbeat_interval,
         max_frame_size=max_frame_size,
         ssl_context=ssl_context,
+        ssl_client_context=ssl_client_context,
     )
     actors.remote = transport
     async with trio.open_nursery() as nursery:

@@ -274,3 +274,41 @@ async def test_soak_across_three_nodes(sqlite_store: trio_gm.GroupStore) -> None
     assert report.violations == []
     assert report.kills + report.leaves > 0
     assert report.delivered > 1000
+
+
+async def test_tls_between_nodes(sqlite_store: trio_gm.GroupStore, events: Events) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    tls = {"ssl_context": server, "ssl_client_context": client}
+    async with (
+        trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE, **tls) as n1,
+        trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE, **tls) as n2,
+        n1.open_member("g", Reporter(events), "a") as a,
+        n2.open_member("g", Reporter(events), "b"),
+    ):
+        await a.confirmed_broadcast("over TLS")
+        await events.expect("msg", "b", a.id, "over TLS")
+        # A plain-text peer cannot talk to a TLS node.
+        async with trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE) as plain:
+            with pytest.raises(trio_gm.ActorStopped, match="noconnection"):
+                await plain.actors.call(a.id, "hello?")
+
+
+async def test_tls_needs_both_contexts(sqlite_store: trio_gm.GroupStore) -> None:
+    import ssl
+
+    with pytest.raises(ValueError, match="TLS needs both"):
+        async with trio_gm.open_node(
+            sqlite_store,
+            listen="127.0.0.1:0",
+            cookie=COOKIE,
+            ssl_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+        ):
+            pass  # pragma: no cover

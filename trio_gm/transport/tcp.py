@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import struct
 from collections.abc import Iterable
 from typing import Any, Final
@@ -235,7 +236,8 @@ class Transport:
         cookie: bytes,
         heartbeat_interval: float = DEFAULT_HEARTBEAT,
         max_frame_size: int = DEFAULT_MAX_FRAME,
-        ssl_context: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_client_context: ssl.SSLContext | None = None,
     ) -> None:
         self.actors = actors
         self.codec = codec
@@ -244,6 +246,7 @@ class Transport:
         self.heartbeat_interval = heartbeat_interval
         self.max_frame_size = max_frame_size
         self.ssl_context = ssl_context
+        self.ssl_client_context = ssl_client_context
         self._peers: dict[str, _Peer] = {}
         self._dead: set[ActorId] = set()
         self._nursery: trio.Nursery | None = None
@@ -272,11 +275,12 @@ class Transport:
                 self._nursery.start_soon(self._accepted, stream)
 
     def _wrap(self, stream: trio.abc.Stream, server_side: bool, host: str = "") -> trio.abc.Stream:
-        if self.ssl_context is None:
+        context = self.ssl_context if server_side else self.ssl_client_context
+        if context is None:
             return stream
         return trio.SSLStream(
             stream,
-            self.ssl_context,
+            context,
             server_side=server_side,
             server_hostname=None if server_side else host,
         )
