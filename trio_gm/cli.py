@@ -116,27 +116,35 @@ async def _member(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read the cookie file {args.cookie_file!r}: {exc}") from exc
         if not cookie:
             raise UsageError(f"the cookie file {args.cookie_file!r} is empty")
-    try:
-        async with open_store(args.store, schema=args.schema) as store:
-            await store.create_tables()
-            async with open_node(
-                store,
-                listen=args.listen,
-                cookie=cookie,
-                heartbeat_interval=args.heartbeat,
-            ) as node:
-                async with node.open_member(args.group, _PrintingMember(out)) as member:
-                    out("ready", id=str(member.id), address=node.address)
-                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(_leave_on_signal, signals, nursery.cancel_scope)
-                            await _commands(member, out, nursery)
-                            nursery.cancel_scope.cancel()
-    except StoreError as exc:
-        raise UsageError(str(exc)) from exc
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    # Ctrl-C and SIGTERM are taken from the start, so that even one that
+    # arrives while joining ends in a clean leave and exit status 0.
+    failure: UsageError | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_leave_on_signal, signals, nursery.cancel_scope)
+            try:
+                await _run_member(args, cookie, out, nursery)
+            except (StoreError, ValueError) as exc:
+                failure = UsageError(str(exc))
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return 0
+
+
+async def _run_member(
+    args: argparse.Namespace, cookie: bytes | None, out: _Printer, nursery: trio.Nursery
+) -> None:
+    async with open_store(args.store, schema=args.schema) as store:
+        await store.create_tables()
+        async with (
+            open_node(
+                store, listen=args.listen, cookie=cookie, heartbeat_interval=args.heartbeat
+            ) as node,
+            node.open_member(args.group, _PrintingMember(out)) as member,
+        ):
+            out("ready", id=str(member.id), address=node.address)
+            await _commands(member, out, nursery)
 
 
 async def _leave_on_signal(signals: Any, scope: trio.CancelScope) -> None:
