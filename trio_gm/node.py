@@ -110,6 +110,11 @@ class Member:
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._mailbox.closed:
                 self._check_alive()
+        if actor.shutting_down is not None:
+            raise MemberStopped(
+                f"member {self.id} is shutting down ({actor.shutting_down!r}): "
+                "the broadcast was not sent"
+            )
         actor.offer(msg, size_hint)
 
     async def confirmed_broadcast(self, msg: Any) -> None:

@@ -206,14 +206,17 @@ async def test_deferred_stop_while_messages_in_flight(
                 await events.expect("msg", "b", a.id, "block")
                 await a.broadcast("one")
                 await a.broadcast("stop")  # a's own delivery returns Stop
-                await a.broadcast("dropped: after the stop")
+                await a.broadcast("dropped: handed over before the stop was handled")
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(trio_gm.MemberStopped, match="shutting down"):
+                    await a.broadcast("refused: after the stop")
                 with pytest.raises(trio_gm.MemberStopped, match="shutting down"):
                     await a.confirmed_broadcast("refused")
                 assert a.alive  # its messages are still in flight
                 blocker.release()
                 await events.expect("terminate", "a", "enough")
                 assert _msgs(events, "b")[-2:] == ["one", "stop"]
-                assert "dropped: after the stop" not in _msgs(events, "b")
+                assert "dropped: handed over before the stop was handled" not in _msgs(events, "b")
 
 
 async def test_lost_membership_stops_with_shutdown(
