@@ -207,7 +207,7 @@ async def test_deferred_stop_while_messages_in_flight(
                 await a.broadcast("one")
                 await a.broadcast("stop")  # a's own delivery returns Stop
                 await a.broadcast("dropped: handed over before the stop was handled")
-                await trio.testing.wait_all_tasks_blocked()
+                await events.expect("msg", "a", a.id, "stop")  # a is shutting down now
                 with pytest.raises(trio_gm.MemberStopped, match="shutting down"):
                     await a.broadcast("refused: after the stop")
                 with pytest.raises(trio_gm.MemberStopped, match="shutting down"):
