@@ -758,3 +758,15 @@ async def test_statistics_is_a_frozen_snapshot() -> None:
         stats.mailbox_length = 0  # type: ignore[misc]
     with pytest.raises(NoSuchActor):
         handle.statistics()
+
+
+async def test_a_killed_actor_handles_nothing_already_queued() -> None:
+    node = ActorNode()
+    rec = Recorder()
+    async with node.open_actor(rec) as handle:
+        for i in range(5):
+            handle.cast(i)
+        handle.kill()  # before the actor ran at all
+        await trio.testing.wait_all_tasks_blocked()
+    assert rec.seen == []
+    assert rec.terminated == []

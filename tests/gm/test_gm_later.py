@@ -286,3 +286,21 @@ async def test_stray_messages_are_discarded(
                 await a.confirmed_broadcast("real")
                 await events.expect("msg", "b", a.id, "real")
                 assert "stray" not in _msgs(events, "b")
+
+
+async def test_lost_membership_found_by_an_activity(
+    sqlite_store: trio_gm.GroupStore, events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ issue 714: the group was deleted under a running ring; the
+    next activity finds out and the member stops with ``shutdown``."""
+    from trio_gm.ring import member
+
+    monkeypatch.setattr(member, "MEMBERSHIP_CHECK_INTERVAL", 0.0)
+    async with trio_gm.open_node(sqlite_store) as node:
+        async with node.open_member(GROUP, Reporter(events), "a") as a:
+            async with node.open_member(GROUP, Reporter(events), "b") as b:
+                await a.confirmed_broadcast("before")
+                await sqlite_store.forget_group(GROUP)
+                await b.broadcast("after the group was deleted")
+                await events.expect("terminate", "a", "shutdown")
+                await events.expect("terminate", "b", "shutdown")

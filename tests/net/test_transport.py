@@ -270,7 +270,9 @@ async def test_bad_listen_addresses(sqlite_store: trio_gm.GroupStore, bad: str) 
 async def test_soak_across_three_nodes(sqlite_store: trio_gm.GroupStore) -> None:
     from trio_gm.testing.soak import run_soak
 
-    report = await run_soak(sqlite_store, seconds=2.0, members=4, seed=3, change_every=0.1, nodes=3)
+    report = await run_soak(
+        sqlite_store, seconds=1.0, members=4, seed=3, change_every=0.05, min_changes=12, nodes=3
+    )
     assert report.violations == []
     assert report.kills + report.leaves > 0
     assert report.delivered > 1000

@@ -12,12 +12,22 @@ The property tests only feed both sides *reachable* states: directly generated
 windows that respect the protocol's invariants, and whole runs of a small ring
 (publish, deliver, kill, join, erase) in which every member keeps gm's state and
 ours side by side and every step must agree.
+
+Two deliberate deviations from gm.erl are encoded in the reference, each in one
+place, and pinned down by example tests (``# Deviations from gm``):
+
+* at a catch-up, the ``last_ack`` of a publisher the member speaks for is
+  :func:`gm_catchup_alias_last_ack` instead of gm's plain copy of the left's
+  (:func:`gm_literal_alias_last_ack`): it never goes backwards and counts what
+  the left has retired as acknowledged (the explorer's ``alias-ack-lost``);
+* an activity entry for a publisher the view no longer knows (erased) is
+  dropped, not recreated blank and passed on (:func:`gm_drop_erased`).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import attrs
@@ -151,6 +161,20 @@ def gm_last_ack(acks: Sequence[int], la: int) -> int:
     return acks[-1]
 
 
+def gm_alias_last_ack(acks: Sequence[int], la: int) -> int:
+    """DEVIATION: an alias's last_ack on acks coming back round.
+
+    gm asserts (:func:`gm_last_ack`) that acks arriving back are newer than
+    ``last_ack``. Once a catch-up may move an alias's ``last_ack`` on to its
+    left's retired frontier (:func:`gm_catchup_alias_last_ack`), an ack it
+    counted that way can still be on its way and arrive afterwards: it is
+    old news, and ``last_ack`` keeps the larger value.
+    """
+    if not acks:
+        return la
+    return max(acks[-1], la)
+
+
 def gm_last_pub(pubs: Sequence[Pub], lp: int) -> int:
     if not pubs:
         return lp
@@ -171,21 +195,47 @@ def activity_cons(
     return [*tail, (member, tuple(pubs), tuple(acks))]
 
 
+def gm_drop_erased(activity: Sequence[GmEntry], known: frozenset[MemberId] | None) -> list[GmEntry]:
+    """DEVIATION: the entries of ``activity`` about publishers in ``known``.
+
+    gm's calculate_activity takes every entry, and one about a publisher
+    erased from the view recreates it blank and is passed on. But an erased
+    publisher's heir saw its last publication acknowledged: nothing about it
+    is in flight any more, and a stale entry (an ack still on the way when
+    the erasure came) would go round the ring for ever (the loop of RabbitMQ
+    PR 1431, found again by the schedule explorer). We drop it. ``known``
+    None is gm.erl literally (nothing dropped).
+    """
+    if known is None:
+        return list(activity)
+    return [entry for entry in activity if entry[0] in known]
+
+
 def gm_calculate_activity(
     members_state: GmState,
     activity: Sequence[GmEntry],
     self_id: MemberId,
     aliases: frozenset[MemberId],
+    *,
+    known: frozenset[MemberId] | None,
+    literal: bool = False,
 ) -> tuple[GmState, list[GmEntry], list[int]]:
-    """gm's calculate_activity: new state, outgoing activity, own pubs acked (confirms)."""
+    """gm's calculate_activity: new state, outgoing activity, own pubs acked (confirms).
+
+    ``known`` is the view's known publishers (alive, and dead ones still
+    inherited): entries about any other are dropped (:func:`gm_drop_erased`,
+    our deviation); None drops nothing. An alias takes returning acks with
+    :func:`gm_alias_last_ack` (our deviation) unless ``literal``.
+    """
+    alias_last_ack = gm_last_ack if literal else gm_alias_last_ack
     ms = dict(members_state)
     out: list[GmEntry] = []
     confirmed: list[int] = []
-    for member_id, pubs, acks in activity:
+    for member_id, pubs, acks in gm_drop_erased(activity, known):
         member = ms.get(member_id, BLANK)
         if gm_is_member_alias(member_id, self_id, aliases):
             to_ack, pa1 = find_common(tuple(pubs), member.pending_ack, ())
-            la1 = gm_last_ack(acks, member.last_ack)
+            la1 = alias_last_ack(acks, member.last_ack)
             ack_nums = [num for num, _ in to_ack]
             if member_id == self_id:
                 confirmed.extend(ack_nums)
@@ -200,13 +250,46 @@ def gm_calculate_activity(
     return ms, out, confirmed
 
 
+def gm_literal_alias_last_ack(member: GmMember, left: GmMember) -> int:
+    """gm.erl: at a catch-up an alias takes its left's last_ack as it is."""
+    return left.last_ack
+
+
+def gm_catchup_alias_last_ack(member: GmMember, left: GmMember) -> int:
+    """DEVIATION: an alias's last_ack after a catch-up from ``left``.
+
+    gm takes the left's ``last_ack`` (:func:`gm_literal_alias_last_ack`).
+    But the left may hold a stale copy of the entry (a joiner copies its
+    left's state, ``last_ack`` behind ``last_pub``), while the
+    acknowledgements that would have moved ours on died with a member: then
+    the alias's ``last_ack`` stays behind its ``last_pub`` for ever and the
+    dead member is never erased (the schedule explorer's ``alias-ack-lost``).
+
+    So: never go backwards (keep our own if it is larger), and count what
+    the left has *retired* as acknowledged, since acks carried it from us all
+    the way round to the left: its first pending number - 1, or its
+    ``last_pub`` with nothing pending; never beyond our own ``last_pub``.
+    """
+    retired = left.pending_ack[0][0] - 1 if left.pending_ack else left.last_pub
+    return max(member.last_ack, left.last_ack, min(retired, member.last_pub))
+
+
+AliasLastAck = Callable[[GmMember, GmMember], int]
+
+
 def gm_catchup(
     members_state: GmState,
     members_state_left: GmState,
     self_id: MemberId,
     aliases: frozenset[MemberId],
+    *,
+    alias_last_ack: AliasLastAck = gm_catchup_alias_last_ack,
 ) -> tuple[GmState, list[GmEntry]]:
-    """The delta of handle_msg({catchup, Left, MembersStateLeft}) once we have a state."""
+    """The delta of handle_msg({catchup, Left, MembersStateLeft}) once we have a state.
+
+    With our deviation for an alias's ``last_ack`` by default; pass
+    ``alias_last_ack=gm_literal_alias_last_ack`` for gm.erl literally.
+    """
     ms = dict(members_state)
     activity: list[GmEntry] = []
     for member_id in sorted(set(members_state) | set(members_state_left)):
@@ -216,7 +299,7 @@ def gm_catchup(
             _acks_in_flight, pubs, _pa1 = find_prefix_common_suffix(
                 left.pending_ack, member.pending_ack
             )
-            ms[member_id] = replace(member, last_ack=left.last_ack)
+            ms[member_id] = replace(member, last_ack=alias_last_ack(member, left))
             activity = activity_cons(member_id, pubs, [], activity)
         else:
             acks, _common, pubs = find_prefix_common_suffix(member.pending_ack, left.pending_ack)
@@ -341,7 +424,7 @@ def check_against_gm_catchup(
     aliases = view[self_id].aliases
     gm_after_catchup, gm_entries = gm_catchup(gm_mine, gm_left, self_id, aliases)
     gm_after, gm_out, gm_confirmed = gm_calculate_activity(
-        gm_after_catchup, gm_entries, self_id, aliases
+        gm_after_catchup, gm_entries, self_id, aliases, known=view.known
     )
     entries = catchup_entries(mine, left, self_id, view)
     assert as_gm_activity(entries) == gm_entries
@@ -617,6 +700,121 @@ def test_reference_find_prefix_common_suffix() -> None:
 
 
 # =============================================================================
+# Deviations from gm
+# =============================================================================
+
+
+def test_alias_last_ack_never_goes_back_at_a_catchup() -> None:
+    # M speaks for D and has seen D's acks through 3 come back; its new left
+    # L still holds an older state (acks through 1 only, 2..5 pending).
+    mine = {D: pstate(D, 4, 5, last_pub=5, last_ack=3)}
+    left = {D: snap(D, 2, 5, last_pub=5, last_ack=1)}
+    gm_after, _ = gm_catchup(
+        as_gm_state(mine),
+        {D: window(D, 2, 6, 1)},
+        M,
+        VIEW[M].aliases,
+        alias_last_ack=gm_literal_alias_last_ack,
+    )
+    assert gm_after[D].last_ack == 1  # gm.erl goes back to the left's
+    entries, out, _ = check_against_gm_catchup(mine, left, M, VIEW)
+    assert entries == [ActivityEntry(D, first=4, pubs=(msg(D, 4), msg(D, 5)))]
+    assert out == [ActivityEntry(D, acks=2, ack_last=5)]
+    assert mine[D].pending == []
+    assert (mine[D].last_pub, mine[D].last_ack) == (5, 3)  # ours does not
+
+
+def test_the_lefts_retired_frontier_counts_as_acknowledged() -> None:
+    # alias-ack-lost: M speaks for D and retired all of D's publications; the
+    # acks for 4 and 5 died with a member on their way back to it. Its new
+    # left holds a stale copy of the entry (a joiner copied it): retired
+    # through 5 too, last_ack 3. With gm's last_ack, D is never erasable.
+    mine = {D: PublisherState(6, [], last_pub=5, last_ack=3)}
+    left = {D: MemberSnapshot(6, (), 5, 3)}
+    literal, _ = gm_catchup(
+        as_gm_state(mine),
+        {D: window(D, 6, 6, 3)},
+        M,
+        VIEW[M].aliases,
+        alias_last_ack=gm_literal_alias_last_ack,
+    )
+    assert gm_erasable(literal, M, VIEW[M].aliases) == []
+    entries, out, _ = check_against_gm_catchup(mine, left, M, VIEW)
+    assert entries == out == []
+    assert (mine[D].last_pub, mine[D].last_ack) == (5, 5)
+    assert erasable_aliases(mine, M, VIEW) == [D]
+
+    # With publications still pending at the left, up to just before them.
+    mine = {D: pstate(D, 5, 5, last_pub=5, last_ack=3)}
+    left = {D: snap(D, 5, 5, last_pub=5, last_ack=3)}
+    entries, out, _ = check_against_gm_catchup(mine, left, M, VIEW)
+    assert out == [ActivityEntry(D, acks=1, ack_last=5)]  # 5 came round
+    assert (mine[D].pending, mine[D].last_ack) == ([], 4)
+
+    # Never beyond what this member has seen published itself.
+    mine = {D: PublisherState(3, [], last_pub=2, last_ack=2)}
+    check_against_gm_catchup(mine, {D: MemberSnapshot(8, (), 7, 2)}, M, VIEW)
+    assert (mine[D].last_pub, mine[D].last_ack) == (2, 2)
+
+
+def test_an_old_ack_reaching_an_alias_is_old_news() -> None:
+    # After a catch-up moved D's last_ack on to 5, the acks it counted can
+    # still arrive: gm.erl asserts they are newer; we keep the larger value.
+    members = {D: PublisherState(6, [], last_pub=5, last_ack=5)}
+    entry = ActivityEntry(D, acks=2, ack_last=4)
+    with pytest.raises(GmCrash):
+        gm_calculate_activity(
+            as_gm_state(members), [as_gm_entry(entry)], M, VIEW[M].aliases, known=None, literal=True
+        )
+    gm_after, gm_out, _ = gm_calculate_activity(
+        as_gm_state(members), [as_gm_entry(entry)], M, VIEW[M].aliases, known=VIEW.known
+    )
+    out, own_acked = calculate_activity(members, [entry], M, VIEW)
+    assert out == gm_out == []
+    assert own_acked == -1
+    assert as_gm_state(members) == gm_after
+    assert members[D].last_ack == 5
+
+
+def test_an_entry_for_a_publisher_not_in_the_view_is_dropped() -> None:
+    # D has been erased from this view (its heir saw everything of it
+    # acknowledged); X was never in it. A stale ack for D still on its way,
+    # or anything about X, is dropped and not passed on. gm.erl recreates
+    # the publisher blank and sends the entry on (round for ever), or, for
+    # acks, fails to apply them to the blank entry.
+    view = group_to_view(
+        Group("g", 4, (GroupMember(L), GroupMember(M), GroupMember(P), GroupMember(Q)))
+    )
+    x = mid(9)
+    assert D not in view.known
+    assert x not in view.known
+    members: MembersState = {P: pstate(P, 0, 1, last_pub=1, last_ack=-1)}
+    entries = [
+        ActivityEntry(D, acks=2, ack_last=5),
+        ActivityEntry(x, first=0, pubs=(msg(x, 0),)),
+        ActivityEntry(P, first=2, pubs=(msg(P, 2),), acks=1, ack_last=0),
+    ]
+    gm_entries = as_gm_activity(entries)
+    literal, literal_out, _ = gm_calculate_activity(
+        as_gm_state(members), gm_entries[1:], M, view[M].aliases, known=None
+    )
+    assert [publisher for publisher, _, _ in literal_out] == [x, P]
+    assert x in literal
+    with pytest.raises(GmCrash):
+        gm_calculate_activity(as_gm_state(members), gm_entries, M, view[M].aliases, known=None)
+    gm_after, gm_out, _ = gm_calculate_activity(
+        as_gm_state(members), gm_entries, M, view[M].aliases, known=view.known
+    )
+    out, own_acked = calculate_activity(members, entries, M, view)
+    assert out == [entries[2]]
+    assert as_gm_activity(out) == gm_out
+    assert own_acked == -1
+    assert set(members) == {P}
+    assert as_gm_state(members) == gm_after
+    assert pending_of(members[P]) == [(1, msg(P, 1)), (2, msg(P, 2))]
+
+
+# =============================================================================
 # Properties on directly generated reachable states
 # =============================================================================
 
@@ -673,6 +871,23 @@ def test_catchup_matches_gm_on_reachable_states(pair: tuple[GmState, GmState]) -
     Drops.count = 0
     check_against_gm_catchup(mine, left, M, VIEW)
     assert Drops.count == 0
+    # Against gm.erl literally: the same activity, the same state but for an
+    # alias's last_ack, which is never behind gm's nor behind its own before.
+    aliases = VIEW[M].aliases
+    after, entries = gm_catchup(gm_mine, gm_left, M, aliases)
+    literal, literal_entries = gm_catchup(
+        gm_mine, gm_left, M, aliases, alias_last_ack=gm_literal_alias_last_ack
+    )
+    assert entries == literal_entries
+    assert set(after) == set(literal)
+    for publisher, state in after.items():
+        if ROLES[publisher]:
+            before = gm_mine.get(publisher, BLANK).last_ack
+            assert state.last_ack >= max(literal[publisher].last_ack, before)
+            assert state.last_ack <= max(state.last_pub, before)
+            assert replace(state, last_ack=literal[publisher].last_ack) == literal[publisher]
+        else:
+            assert state == literal[publisher]
 
 
 @st.composite
@@ -715,7 +930,9 @@ def test_calculate_activity_matches_gm_on_reachable_states(
     mine = ours_from_gm(gm_state)
     aliases = VIEW[M].aliases
     Drops.count = 0
-    gm_after, gm_out, gm_confirmed = gm_calculate_activity(gm_state, activity, M, aliases)
+    gm_after, gm_out, gm_confirmed = gm_calculate_activity(
+        gm_state, activity, M, aliases, known=VIEW.known
+    )
     assert Drops.count == 0
     out, own_acked = calculate_activity(mine, [as_entry(e) for e in activity], M, VIEW)
     assert as_gm_activity(out) == gm_out
@@ -847,7 +1064,7 @@ class Ring:
             assert isinstance(our_payload, tuple)
             gm_in, our_in = gm_payload, list(our_payload)
         gm_state, gm_out, gm_confirmed = gm_calculate_activity(
-            self.gm[member], gm_in, member, aliases
+            self.gm[member], gm_in, member, aliases, known=self.view.known
         )
         our_out, own_acked = calculate_activity(self.ours[member], our_in, member, self.view)
         self.gm[member] = gm_state
@@ -975,14 +1192,25 @@ def run_ring(size: int, steps: list[Action]) -> Ring:
 @given(st.integers(1, 5), actions)
 def test_ring_runs_match_gm_step_by_step(size: int, steps: list[Action]) -> None:
     ring = run_ring(size, steps)
-    # Quiet again: every publication that survived is acknowledged everywhere.
-    # (Not has_pending(): as in gm, a joiner that copied a publisher's state
-    # after the publisher retired a pub but before its ack came round keeps
-    # last_ack < last_pub until that publisher publishes again.)
+    # Quiet again: every publication that survived is acknowledged everywhere,
+    # and every dead member was erased (with gm's alias last_ack, a catch-up
+    # from a stale copy could keep one for ever: alias-ack-lost).
+    assert not ring.group.dead
     for member in ring.alive:
         for state in ring.ours[member].values():
             assert state.pending == []
             assert state.last_ack <= state.last_pub
+    # Not has_pending() yet: as in gm, a joiner that copied a publisher's
+    # state after the publisher retired a pub but before its ack came round
+    # keeps last_ack < last_pub until that publisher publishes again. So
+    # every member publishes once more; then nothing at all is pending.
+    for member in ring.alive:
+        ring.publish(member, 1)
+    ring.drain()
+    assert not ring.group.dead
+    for member in ring.alive:
+        assert not has_pending(ring.ours[member]), member
+        assert ring.gm[member] == as_gm_state(ring.ours[member])
 
 
 def test_ring_run_with_a_death_and_a_join_exercises_catchups() -> None:

@@ -132,6 +132,7 @@ class Mailbox:
             await trio.lowlevel.checkpoint()
             return
         if self.closed:
+            await trio.lowlevel.checkpoint()  # a cancellation that closed it lands here
             raise trio.ClosedResourceError("this mailbox is closed")
         if self._waiter is not None:
             raise trio.BusyResourceError("another task is already waiting on this mailbox")

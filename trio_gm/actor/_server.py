@@ -281,6 +281,10 @@ class ActorCell:
     def kill(self) -> None:
         self._killed = True
         self._kill_scope.cancel()
+        # The cancellation lands at the actor's next checkpoint, and it takes
+        # queued messages without one: close the mailbox (after cancelling,
+        # so that a parked actor wakes up cancelled, not with mail).
+        self.mailbox.close()
 
     # -- timers -----------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 from collections import deque
 from types import CoroutineType
@@ -78,8 +79,9 @@ BROADCAST_TIMER: Final = 0.025
 #: Flush at once when the size hints of buffered messages pass this (gm's 100 MB).
 MAX_BUFFER_SIZE: Final = 100_000_000
 #: How often, at most, an activity triggers a check that this member is still
-#: in the stored ring (RabbitMQ issue 714). A DOWN and a view refresh always do.
-MEMBERSHIP_CHECK_INTERVAL: Final = 0.25
+#: in the stored ring (RabbitMQ issue 714; gm checked on every activity, a
+#: store read each time). A DOWN and a view refresh always check.
+MEMBERSHIP_CHECK_INTERVAL = 0.25
 #: Pause before asking again when the chosen left answers ``NotReady``.
 JOIN_RETRY_DELAY: Final = 0.005
 
@@ -221,7 +223,8 @@ class MemberActor(Actor):
         #: state: our first catch-up comes from another left, later.
         self.orphan = False
         self.delivered = 0
-        self._next_membership_check = 0.0
+        #: When an activity next checks the stored ring (join just read it).
+        self._next_membership_check = math.inf
         #: Broadcasts the owner handed over, not yet handled here. Handing
         #: them over through a list, with one wake-up message per batch,
         #: keeps a broadcast down to a list append.
@@ -298,6 +301,7 @@ class MemberActor(Actor):
         self.left = (self.self_id, None)
         self.right = (self.self_id, None)
         await self._join()
+        self._next_membership_check = trio.current_time() + MEMBERSHIP_CHECK_INTERVAL
 
     async def _join(self) -> None:
         """Join the ring to the right of a random alive member (Lemma 2)."""

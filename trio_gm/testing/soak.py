@@ -115,13 +115,16 @@ async def run_soak(
     seed: int = 0,
     group: str = "soak",
     change_every: float = 0.2,
+    min_changes: int = 0,
     batch: int = 20,
     nodes: int = 1,
 ) -> SoakReport:
     """Run a soak test for ``seconds`` of chaos on ``store``; return the report.
 
     With ``nodes`` > 1 the members are spread over that many nodes talking
-    over TCP on loopback.
+    over TCP on loopback. The chaos makes a change (join, leave or kill, drawn
+    from ``seed``) every ``change_every`` seconds or so, at least
+    ``min_changes`` of them however long that takes.
     """
     rng = random.Random(seed)
     report = SoakReport()
@@ -181,8 +184,10 @@ async def run_soak(
         for _ in range(members):
             await join()
         deadline = trio.current_time() + seconds
-        while trio.current_time() < deadline:
+        changes = 0
+        while trio.current_time() < deadline or changes < min_changes:
             await trio.sleep(change_every * rng.uniform(0.5, 1.5))
+            changes += 1
             roll = rng.random()
             if len(slots) > 2 and roll < 0.3:
                 await remove(rng.choice(slots), "kill")

@@ -17,12 +17,6 @@ from ...ring.view import group_to_view
 if TYPE_CHECKING:
     from ._harness import Harness, Slot
 
-#: Known ring defects the explorer found (see the package docstring).
-ALONE_KEEPS_STATE: Final = "alone-keeps-state"
-ALIAS_ACK_LOST: Final = "alias-ack-lost"
-ORPHAN_JOIN: Final = "orphan-join"
-KNOWN_DEFECTS: Final = (ALONE_KEEPS_STATE, ALIAS_ACK_LOST, ORPHAN_JOIN)
-
 PUB: Final = "publication"
 ACK: Final = "acknowledgement"
 
@@ -183,7 +177,6 @@ def _well_formed(h: Harness) -> None:
         state = slot.actor.members_state
         if state is None:
             continue
-        alone = slot.actor.right[0] == m
         for publisher, ps in sorted(state.items()):
             if not ps.pending:
                 continue
@@ -197,16 +190,9 @@ def _well_formed(h: Harness) -> None:
             for n in range(ps.first, ps.pending_last + 1):
                 broken = _entry_in_flight(h, ring, running, m, publisher, heir, n)
                 if broken is not None:
-                    problem, at = broken
-                    known = None
-                    if alone:
-                        known = ALONE_KEEPS_STATE
-                    elif at.left_died_in_join:
-                        known = ORPHAN_JOIN
                     h.violation(
                         f"{slot.label}'s pending publication {n} of {h.name(publisher)} "
-                        f"(spoken for by {h.name(heir)}): {problem}",
-                        known=known,
+                        f"(spoken for by {h.name(heir)}): {broken}"
                     )
                     break
 
@@ -219,8 +205,8 @@ def _entry_in_flight(
     publisher: MemberId,
     heir: MemberId,
     n: int,
-) -> tuple[str, Slot] | None:
-    """None if the entry is well formed, else what is wrong and at which member."""
+) -> str | None:
+    """None if the entry is well formed, else what is wrong."""
     heir_slot = running[heir]
     heir_state = heir_slot.actor.members_state
     # An heir that dropped the publisher's state has seen everything of it
@@ -254,7 +240,7 @@ def _entry_in_flight(
             return (
                 f"its {kind} is known to {prev.label} but not to {x.label}, its right, "
                 f"and nothing on the way to {x.label} carries it"
-            ), x
+            )
         prev, prev_has = x, has
     return None
 
@@ -267,7 +253,6 @@ def check_end(h: Harness) -> None:
     group = h.group
     survivors = [s for s in h.slots if h.running(s)]
     ids = {s.id for s in survivors}
-    lost_acks = False
     for slot in survivors:
         actor = slot.actor
         if actor.members_state is None:
@@ -279,18 +264,9 @@ def check_end(h: Harness) -> None:
                 h.name(p): (s.first, s.pending_last, s.last_pub, s.last_ack)
                 for p, s in unacked.items()
             }
-            # Everything pending retired, only a dead publisher's last
-            # acknowledgement never came back: the heir's alias last_ack
-            # was reset by a catch-up and the acks were lost with a death.
-            lost_ack = not actor.buffer and all(
-                not s.pending and p not in ids and s.last_ack < s.last_pub
-                for p, s in unacked.items()
-            )
-            lost_acks = lost_acks or lost_ack
             h.violation(
                 f"{slot.label} still holds unacknowledged messages "
-                f"(first, pending last, last pub, last ack): {pending}",
-                known=ALIAS_ACK_LOST if lost_ack else None,
+                f"(first, pending last, last pub, last ack): {pending}"
             )
         if group is not None and set(actor.view.alive) != set(group.alive):
             h.violation(
@@ -300,10 +276,7 @@ def check_end(h: Harness) -> None:
             )
     if group is not None:
         if group.dead:
-            h.violation(
-                f"dead members never erased: {', '.join(map(h.name, group.dead))}",
-                known=ALIAS_ACK_LOST if lost_acks else None,
-            )
+            h.violation(f"dead members never erased: {', '.join(map(h.name, group.dead))}")
         if set(group.alive) != ids:
             h.violation(
                 f"the stored ring ({', '.join(map(h.name, group.alive))}) is not the running "
@@ -352,6 +325,5 @@ def _loss(h: Harness, survivors: list[Slot]) -> None:
             h.violation(
                 f"message {msg[1]} of {h.name(pub.sender)} lost for "
                 f"{', '.join(s.label for s in missing)} "
-                "(in the group when it was published, still running)",
-                known=ORPHAN_JOIN if all(s.left_died_in_join for s in missing) else None,
+                "(in the group when it was published, still running)"
             )

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import attrs
 
-from ._checks import KNOWN_DEFECTS
 from ._harness import STEP_MAX, ScheduleReport, run_schedule
 from ._member import BUGS
 
@@ -37,8 +36,6 @@ class ExploreResult:
     seconds: float
     #: The shrunk failing schedule, or None.
     failure: ScheduleReport | None = None
-    #: Schedules that stopped on a known ring defect (tolerated).
-    known: int = 0
 
 
 def explore(
@@ -48,7 +45,6 @@ def explore(
     members: int = 3,
     bug: str | None = None,
     max_steps: int = MAX_STEPS,
-    strict: bool = False,
     shrink: bool = True,
 ) -> ExploreResult:
     """Run ``schedules`` random schedules; on a violation, shrink it.
@@ -63,11 +59,9 @@ def explore(
 
     def one(steps: list[int]) -> None:
         result.schedules += 1
-        report = run_schedule(steps, members=members, bug=bug, strict=strict, trace=True)
+        report = run_schedule(steps, members=members, bug=bug, trace=True)
         if report.violations:
             raise ScheduleFailed(report)
-        if report.known:
-            result.known += 1
 
     phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
     test = given(st.lists(st.integers(0, STEP_MAX), min_size=5, max_size=max_steps))(one)
@@ -99,12 +93,10 @@ def _parse_steps(text: str) -> list[int]:
     return steps
 
 
-def _replay_command(report: ScheduleReport, strict: bool) -> str:
+def _replay_command(report: ScheduleReport) -> str:
     parts = ["python -m trio_gm.testing.explore", f"--members {report.members}"]
     if report.bug:
         parts.append(f"--inject-bug {report.bug}")
-    if strict:
-        parts.append("--strict")
     parts.append(f"--replay {','.join(map(str, report.steps[: report.used + 1]))}")
     return " ".join(parts)
 
@@ -128,11 +120,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inject-bug", choices=sorted(BUGS), help="run a deliberately broken ring")
     parser.add_argument("--list-bugs", action="store_true", help="list the injectable bugs")
     parser.add_argument(
-        "--strict",
-        action="store_true",
-        help=f"count the known ring defects ({', '.join(KNOWN_DEFECTS)}) as violations",
-    )
-    parser.add_argument(
         "--replay",
         type=_parse_steps,
         metavar="STEPS",
@@ -150,9 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--members must be >= 1")
 
     if args.replay is not None:
-        report = run_schedule(
-            args.replay, members=args.members, bug=args.inject_bug, strict=args.strict
-        )
+        report = run_schedule(args.replay, members=args.members, bug=args.inject_bug)
         print(report.format())
         print(f"1 schedules, {len(report.violations)} violations")
         return 1 if report.violations else 0
@@ -162,19 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         members=args.members,
         bug=args.inject_bug,
-        strict=args.strict,
         shrink=not args.no_shrink,
     )
     rate = result.schedules / result.seconds if result.seconds else 0.0
-    print(
-        f"explored in {result.seconds:.1f}s ({rate:.1f} schedules/s); "
-        f"{result.known} stopped on a known ring defect",
-        file=sys.stderr,
-    )
+    print(f"explored in {result.seconds:.1f}s ({rate:.1f} schedules/s)", file=sys.stderr)
     if result.failure is not None:
         print("shrunk failing schedule:")
         print(result.failure.format())
-        print(f"replay: {_replay_command(result.failure, args.strict)}")
+        print(f"replay: {_replay_command(result.failure)}")
         print(f"{result.schedules} schedules, {len(result.failure.violations)} violations")
         return 1
     print(f"{result.schedules} schedules, 0 violations")

@@ -129,8 +129,6 @@ class Slot:
     last_version: int = -1
     sent: int = -1
     confirming: bool = False
-    #: Its join call failed because the chosen left stopped while handling it.
-    left_died_in_join: bool = False
     terminated: Any = _UNSET
     known: set[MemberId] = attrs.Factory(set)
     #: Messages delivered to it, per sender, in delivery order.
@@ -153,9 +151,6 @@ class ScheduleReport:
     bug: str | None
     trace: list[str] = attrs.Factory(list)
     violations: list[str] = attrs.Factory(list)
-    #: Violations that show a known ring defect (see ``KNOWN_DEFECTS``),
-    #: tolerated unless the run was strict.
-    known: list[str] = attrs.Factory(list)
     #: Steps of ``steps`` actually used (a schedule stops at its first violation).
     used: int = 0
     deliveries: int = 0
@@ -166,7 +161,6 @@ class ScheduleReport:
             lines[0] += f", injected bug {self.bug}"
         lines += [f"  {line}" for line in self.trace]
         lines += [f"VIOLATION {v}" for v in self.violations]
-        lines += [f"TOLERATED {v}" for v in self.known]
         return "\n".join(lines)
 
 
@@ -221,8 +215,8 @@ class HarnessIO:
         if reply.error == "noproc":
             raise NoSuchActor(f"no actor {to} to call with {request!r}")
         if reply.error is not None:
-            # The left may have committed this join before it stopped.
-            self.harness.by_id[self.me].left_died_in_join = True
+            # The left may have committed this join before it stopped: the
+            # member then finds itself in the ring, an orphan.
             raise ActorStopped(f"actor {to} {reply.error} before replying to {request!r}")
         return reply.value
 
@@ -313,7 +307,6 @@ class Harness:
         bug: str | None = None,
         joins: int = 2,
         trace: bool = True,
-        strict: bool = False,
     ) -> None:
         if members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
@@ -336,8 +329,6 @@ class Harness:
         self.published: dict[tuple[int, int], Publication] = {}
         self.confirms: list[ConfirmRecord] = []
         self.violations: list[str] = []
-        self.known: list[str] = []
-        self.strict = strict
         self.trace: list[str] | None = [] if trace else None
         self.closed = False
         self.deliveries = 0
@@ -349,24 +340,17 @@ class Harness:
         slot = self.by_id.get(member)
         return slot.label if slot is not None else str(member)
 
-    def violation(self, what: str, *, known: str | None = None) -> None:
-        """Record a violation; ``known`` names the known ring defect it shows.
-
-        Unless the harness is strict, a known defect's violation goes to
-        ``known`` instead, and ends the schedule all the same.
-        """
+    def violation(self, what: str) -> None:
+        """Record a violation; the first one also dumps the state into the trace."""
         if self.closed:
             return
-        if not self.violations and not self.known and self.trace is not None:
+        if not self.violations and self.trace is not None:
             self.trace.extend(f"| {line}" for line in self.dump())
-        if known is not None and not self.strict:
-            self.known.append(f"[known defect {known}] {what}")
-        else:
-            self.violations.append(what if known is None else f"[known defect {known}] {what}")
+        self.violations.append(what)
 
     @property
     def stopped(self) -> bool:
-        return bool(self.violations or self.known)
+        return bool(self.violations)
 
     def dump(self) -> list[str]:
         """The whole state, one line per member, link and transaction."""
@@ -854,7 +838,6 @@ def run_schedule(
     bug: str | None = None,
     joins: int = 2,
     trace: bool = True,
-    strict: bool = False,
 ) -> ScheduleReport:
     """Run one schedule (a list of step values in ``0..STEP_MAX``) and check it.
 
@@ -863,7 +846,7 @@ def run_schedule(
     restored after it.
     """
     report = ScheduleReport(list(steps), members, bug)
-    harness = Harness(members=members, bug=bug, joins=joins, trace=trace, strict=strict)
+    harness = Harness(members=members, bug=bug, joins=joins, trace=trace)
     state = random.getstate()
     random.seed(0)
     try:
@@ -872,6 +855,5 @@ def run_schedule(
         random.setstate(state)
     report.trace = harness.trace or []
     report.violations = harness.violations
-    report.known = harness.known
     report.deliveries = harness.deliveries
     return report
