@@ -25,6 +25,7 @@ from .ring.member import (
     GroupInfo,
     MemberActor,
     MemberStatistics,
+    OrphanedJoin,
     _ConfirmedBroadcast,
     _Request,
     _ValidateMembers,
@@ -235,16 +236,28 @@ class Node:
             raise TypeError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
-        actor = MemberActor(
-            group,
-            callbacks,
-            args,
-            self.store,
-            max_in_flight=max_in_flight,
-            io_factory=io_factory,
-        )
+
+        def new_actor() -> MemberActor:
+            return MemberActor(
+                group,
+                callbacks,
+                args,
+                self.store,
+                max_in_flight=max_in_flight,
+                io_factory=io_factory,
+            )
+
+        actor = new_actor()
         async with trio.open_nursery() as nursery:
-            handle = await self.actors.start_actor(nursery, actor)
+            while True:
+                try:
+                    handle = await self.actors.start_actor(nursery, actor)
+                except OrphanedJoin:
+                    # Our left died between recording us and handing over its
+                    # state; we left as a dead member: join again, new id.
+                    actor = new_actor()
+                    continue
+                break
             member = Member(actor, handle, self.codec)
             try:
                 await member._call(_Request.AWAIT_READY)

@@ -118,14 +118,7 @@ def test_orphan_join_is_fixed() -> None:
 # -- real defects the explorer found and that are not fixed yet ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orphan-heir-erases-early: an orphan joiner inherits its dead left and erases it "
-    "on a first state older than that left's publications, which went round the ring by "
-    "the dead left's old right; they come back to the orphan and are dropped, so they are "
-    "never acknowledged (pending everywhere until the erasure is adopted)",
-)
-def test_orphan_heir_erases_its_dead_left_before_its_publications_come_back() -> None:
+def test_orphan_heir_erasing_early_is_fixed() -> None:
     # 5 members; m2 publishes 0..2, they reach m0 (m2's right); m5 joins
     # right of m2, which commits the join and dies before replying; m0 dies.
     # m5, an orphan and m2's heir, takes m4's catch-up (m4 had not handled
@@ -136,14 +129,7 @@ def test_orphan_heir_erases_its_dead_left_before_its_publications_come_back() ->
     assert report.violations == [], report.format()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="joiner-first-state-from-a-later-left: the left replies to the join and leaves "
-    "before the joiner handles its catch-up; the joiner (not an orphan: its call succeeded) "
-    "takes its first state from its next left, inherits the dead members between, erases "
-    "them on that older state, and their publications coming back are never acknowledged",
-)
-def test_joiner_whose_left_leaves_after_replying_erases_its_aliases_early() -> None:
+def test_joiner_first_state_from_a_later_left_is_fixed() -> None:
     # 5 members; m4 publishes 0..1, which go round by m2; m4 leaves; m5
     # joins right of m2, which records m4 dead and m5, replies, and leaves.
     # m5 handles its call's reply after m1 (its left in the view it reads)

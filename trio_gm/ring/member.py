@@ -168,6 +168,14 @@ _BROADCASTS: Final = "broadcasts"
 _CHECK_STOP: Final = "check-stop"
 
 
+class OrphanedJoin(Exception):
+    """A joiner's left recorded it and died before handing over its state.
+
+    The joiner has recorded itself dead; ``open_member`` joins again with a
+    new member id. Never escapes ``open_member``.
+    """
+
+
 class _StopMember(Exception):
     """Unwinds a handler: the member stops with ``reason``."""
 
@@ -219,9 +227,10 @@ class MemberActor(Actor):
         #: Why this member stopped, once it decided to.
         self.stop_reason: Any = None
         self.ready_waiters: list[From] = []
-        #: Recorded in the ring by a left that died before sending us its
-        #: state: our first catch-up comes from another left, later.
-        self.orphan = False
+        #: The member that recorded our join: our first state comes from it.
+        self.join_left: MemberId | None = None
+        #: Ring messages that came before our first state, held until it.
+        self.held: list[Activity | Catchup | CheckNeighbours] = []
         self.delivered = 0
         #: When an activity next checks the stored ring (join just read it).
         self._next_membership_check = math.inf
@@ -321,12 +330,20 @@ class MemberActor(Actor):
             try:
                 reply = await io.call(left, AddOnRight(me))
             except ActorError:
-                # The chosen left is dead: record it and try again. It may
-                # have recorded us before it died, without sending us its
-                # state: then we are an orphan (see _on_catchup).
+                # The chosen left is dead: record it and try again.
                 result = await io.transact(RecordDead(me, left, verify=False))
                 group = None if isinstance(result, LostMembership) else result
-                self.orphan = group is not None and group.is_alive(me)
+                if group is not None and group.is_alive(me):
+                    # It recorded us and died before handing over its state
+                    # (Lemma 2's window; the schedule explorer found it).
+                    # Nobody else can give us that state, and a later left's
+                    # is not it: leave as a dead member with nothing in
+                    # flight and join again under a new id.
+                    await io.transact(RecordDead(me, me, verify=False))
+                    raise OrphanedJoin(
+                        f"{me} was recorded in group {self.group_name!r} by {left}, "
+                        "which died before handing over its state"
+                    ) from None
                 continue
             if isinstance(reply, NotReady):
                 await trio.sleep(JOIN_RETRY_DELAY)
@@ -334,6 +351,7 @@ class MemberActor(Actor):
                 continue
             group = reply
             assert isinstance(group, Group)
+            self.join_left = left
             break
         self.view = group_to_view(group)
         if self.view.alive == [me]:
@@ -569,8 +587,24 @@ class MemberActor(Actor):
     # -- ring messages ------------------------------------------------------
 
     async def _on_ring_message(self, msg: Activity | Catchup | CheckNeighbours) -> None:
-        if type(msg) is CheckNeighbours and self.members_state is None:
-            # A catch-up is on its way (RabbitMQ bug 26171).
+        if self.members_state is None:
+            # Before our first state only the catch-up of the member that
+            # recorded our join counts (Lemma 2: we start with exactly its
+            # state), whatever the views say by then: it was sent before the
+            # reply to our join, so it is on its way. Everything else is held
+            # until then and handled after it, in order: the decision for
+            # RabbitMQ bug 26171 (a CheckNeighbours) and PR 10356 (any other
+            # message). Dropping them loses a later left's catch-up, and
+            # acting on them first (refreshing the view) makes the first
+            # catch-up look like a stray (both found by the explorer).
+            if type(msg) is Catchup and msg.sender == self.join_left:
+                self._send_right(Catchup(self.view.version, self.self_id, msg.state))
+                self._become_ready(build_members_state(msg.state))
+                held, self.held = self.held, []
+                for early in held:
+                    await self._on_ring_message(early)
+            else:
+                self.held.append(msg)
             return
         if msg.version > self.view.version:
             group = await self.io.read_group()
@@ -588,48 +622,14 @@ class MemberActor(Actor):
     async def _on_catchup(self, msg: Catchup) -> None:
         if msg.sender != self.left[0]:
             return  # not from our left (any more): a stray, discarded
-        if self.members_state is None:
-            # Our first state: exactly our left's, passed on to our right.
-            self._send_right(Catchup(self.view.version, self.self_id, msg.state))
-            self._become_ready(build_members_state(msg.state))
-            if self.orphan:
-                await self._adopt_as_orphan(msg)
-            return
-        entries = catchup_entries(self.members_state, dict(msg.state), self.self_id, self.view)
-        await self._process_activity(entries)
-
-    async def _adopt_as_orphan(self, msg: Catchup) -> None:
-        """Take a first state that is not from the left that recorded us.
-
-        That left died after recording us and before handing over its state
-        (Lemma 2's window, found by the schedule explorer). The state of our
-        new left is later than our joining: publications pending in it may
-        have been published after we joined, and nothing else will bring
-        them, so they are delivered here (earlier ones with them: from each
-        publisher a contiguous run, so order and gaps are kept). Those of a
-        publisher we speak for have been everywhere else: they are turned
-        into acknowledgements, as a catch-up from a new left would.
-        """
         assert self.members_state is not None
-        self.orphan = False
-        aliases = self.view[self.self_id].aliases
-        delivered = [
-            ActivityEntry(publisher, first=snap.pending_first, pubs=snap.pending)
-            for publisher, snap in msg.state
-            if snap.pending and publisher != self.self_id and publisher not in aliases
-        ]
         entries = catchup_entries(self.members_state, dict(msg.state), self.self_id, self.view)
         await self._process_activity(entries)
-        self._check(await self._deliver(delivered))
 
     async def _on_activity(self, msg: Activity) -> None:
-        if self.members_state is None or msg.sender != self.left[0]:
-            # Before the first catch-up, an activity is dropped: the left
-            # sends its catch-up before any activity on the link, and that
-            # catch-up holds everything the dropped activity could (the
-            # decision for RabbitMQ PR 10356). After it, only the left's
-            # activity counts: anything else is a stray.
-            return
+        assert self.members_state is not None
+        if msg.sender != self.left[0]:
+            return  # only the left's activity counts: anything else is a stray
         now = trio.current_time()
         if now >= self._next_membership_check:
             self._next_membership_check = now + MEMBERSHIP_CHECK_INTERVAL
@@ -764,6 +764,7 @@ class MemberActor(Actor):
 
     def _alone(self) -> None:
         """Blank the state and answer confirms: nobody else can hold anything."""
+        self.held.clear()  # from members that are gone: strays
         self.members_state = {}
         self._confirm_through(self.pub_count)
         if self.ready_waiters:

@@ -131,11 +131,11 @@ regression test (``test_<scenario>_is_fixed``).
     it joined the ring, but already in that state, never reached it; and
     if it inherited the dead left, the publications of that state it then
     spoke for never came back to it, so they were never acknowledged.
-    Fixed in ``MemberActor._join`` (a failed call after which the store
-    holds the joiner marks it an orphan) and
-    ``MemberActor._adopt_as_orphan``: an orphan delivers the pending
-    publications of its first catch-up from publishers it does not speak
-    for, and turns those of its aliases into acknowledgements.
+    Fixed in ``MemberActor._join``: after a failed call that left the
+    joiner in the stored ring, it records itself dead (nothing of it is in
+    flight) and raises ``OrphanedJoin``; ``open_member`` joins again under
+    a new id. (A first fix, delivering the orphan's first state, still let
+    it erase its dead left too early: see below.)
 
 Two more ring changes came with the fixes: an activity entry for a
 publisher the view no longer knows (erased) is dropped rather than passed
@@ -144,15 +144,18 @@ acknowledgement loops round the ring for ever), and a member delivers an
 activity's publications before it erases aliases (an erasure could report
 a publisher of the batch dead before its messages were delivered).
 
-Still open (``tests/explorer``, two strict xfails; found with 5 members): a
-joiner whose first state comes from a later left than the one that recorded
-it (an orphan, or a joiner whose left replied and then left before it handled
-its catch-up) can inherit dead members and find them with nothing pending in
-a state older than their publications, which went round by the dead left's
-old right: it erases them at once, and those publications, when they come
-back to it, are dropped and never acknowledged (replays: ``--members 5
---replay 200,0,488,100,488,82,782`` and ``--members 5 --replay
-400,0,0,188,493,840,0,3050,0,950,4793,0,6040,50``).
+Found with 5 members and fixed the same way (``tests/explorer``): a joiner
+whose first state came from a later left than the one that recorded it (an
+orphan, or a joiner whose left replied and then left before it handled the
+catch-up) could inherit dead members, find them with nothing pending in a
+state older than their publications, and erase them at once; those
+publications, coming back to it, were then never acknowledged (replays:
+``--members 5 --replay 200,0,488,100,488,82,782`` and ``--members 5 --replay
+400,0,0,188,493,840,0,3050,0,950,4793,0,6040,50``). Now an orphan records
+itself dead and ``open_member`` joins again under a new id (``OrphanedJoin``
+in ``member._join``), and a joiner holds every ring message that comes
+before the catch-up of the member that recorded it, then handles them in
+order (``member._on_ring_message``).
 
 Injected defects
 ================

@@ -290,7 +290,10 @@ def check_end(h: Harness) -> None:
         elif record.outcome != "ok" and h.running(record.slot):
             h.violation(f"confirmed broadcast {record.msg} failed: {record.outcome}")
     for slot in h.slots:
-        if slot.killed or slot.leaving:
+        if slot.orphaned:
+            if h.running(slot):
+                h.violation(f"{slot.label} joined as an orphan but runs")
+        elif slot.killed or slot.leaving:
             if h.running(slot):
                 h.violation(f"{slot.label} was {'killed' if slot.killed else 'left'} but runs")
             elif slot.leaving and not slot.killed and slot.terminated != "normal":

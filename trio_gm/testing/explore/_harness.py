@@ -42,7 +42,7 @@ from ..._ids import MemberId
 from ...actor import ActorContext, ActorNode, Down, From, MonitorRef
 from ...actor._node import CALL
 from ...ring.io import EraseMembers, PruneOrCreate, RecordDead, RecordNewMember, StoreOp
-from ...ring.member import _ConfirmedBroadcast, raise_if_shutting_down
+from ...ring.member import OrphanedJoin, _ConfirmedBroadcast, raise_if_shutting_down
 from ...ring.messages import Activity, AddOnRight, Catchup, CheckNeighbours, RingMessage
 from ...store import Group, GroupStore, LostMembership, ops
 from . import _checks
@@ -121,6 +121,9 @@ class Slot:
     started: bool = False
     killed: bool = False
     leaving: bool = False
+    #: Its join failed as an orphan (its left died between recording it and
+    #: handing over its state): it recorded itself dead and stopped.
+    orphaned: bool = False
     #: Its death was seen by the harness (DOWNs queued).
     gone: bool = False
     down_reason: Any = None
@@ -534,7 +537,11 @@ class Harness:
     async def _run_member(self, slot: Slot) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                await self.node.start_actor(nursery, slot.actor)
+                try:
+                    await self.node.start_actor(nursery, slot.actor)
+                except OrphanedJoin:
+                    slot.orphaned = True
+                    return
                 slot.started = True
         except Exception as exc:
             if not slot.killed:
@@ -549,6 +556,8 @@ class Harness:
             slot.inbox.clear()
             if slot.killed:
                 reason: Any = "killed"
+            elif slot.orphaned:
+                reason = "orphaned"
             elif slot.actor.stop_reason is not None:
                 reason = slot.actor.stop_reason
             else:
