@@ -58,6 +58,7 @@ class Member:
         cell = handle.node.cell(handle.id)
         assert cell is not None
         self._mailbox = cell.mailbox
+        self._done = cell.done
         self.id: MemberId = handle.id
         self.group_name: str = actor.group_name
 
@@ -84,11 +85,16 @@ class Member:
         return trio.lowlevel.current_task() is self._actor.task
 
     async def _wait_for_room(self) -> None:
+        """Wait until the member has room under ``max_in_flight``, or stops."""
         actor = self._actor
         while actor.in_flight >= actor.max_in_flight:
             self._check_alive()
-            actor.room = trio.Event()
-            await actor.room.wait()
+            if actor.room.is_set():
+                actor.room = trio.Event()  # shared by every waiting task
+            async with trio.open_nursery() as nursery:
+                # A killed member runs no terminate to wake us: its end does.
+                for event in (actor.room, self._done):
+                    nursery.start_soon(_set_then_cancel, event, nursery.cancel_scope)
         self._check_alive()
 
     async def broadcast(self, msg: Any, size_hint: int = 0) -> None:
@@ -175,6 +181,11 @@ class Member:
     @property
     def alive(self) -> bool:
         return self._handle.alive
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 class Node:

@@ -318,3 +318,34 @@ async def test_open_node_needs_a_store() -> None:
     with pytest.raises(TypeError, match="needs a GroupStore"):
         async with trio_gm.open_node("sqlite://"):  # type: ignore[arg-type]
             pass  # pragma: no cover
+
+
+async def test_broadcasters_waiting_for_room_all_wake(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    """Several tasks wait on one member's flow control: room wakes them all,
+    and a kill wakes them with MemberStopped instead of leaving them hung."""
+    blocker = Blocker(events, "b")
+    async with trio_gm.open_node(sqlite_store) as node:
+        async with node.open_member(GROUP, Reporter(events), "a", max_in_flight=1) as a:
+            async with node.open_member(GROUP, blocker, "b"):
+                await a.broadcast("block")
+                await events.expect("msg", "b", a.id, "block")
+                await trio.testing.wait_all_tasks_blocked()
+                await a.broadcast("fills the window")
+                outcomes: list[str] = []
+
+                async def waiter(name: str) -> None:
+                    try:
+                        await a.broadcast(name)
+                        outcomes.append(f"{name} sent")
+                    except trio_gm.MemberStopped:
+                        outcomes.append(f"{name} stopped")
+
+                async with trio.open_nursery() as nursery:
+                    for name in ("w1", "w2", "w3"):
+                        nursery.start_soon(waiter, name)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert outcomes == []
+                    a.kill()
+                assert sorted(outcomes) == ["w1 stopped", "w2 stopped", "w3 stopped"]
