@@ -349,3 +349,4 @@ async def test_broadcasters_waiting_for_room_all_wake(
                     assert outcomes == []
                     a.kill()
                 assert sorted(outcomes) == ["w1 stopped", "w2 stopped", "w3 stopped"]
+                blocker.release()
