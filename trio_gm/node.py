@@ -102,7 +102,9 @@ class Member:
 
         It waits only when ``max_in_flight`` of this member's messages are
         not yet acknowledged (flow control), and never when called from this
-        member's own callbacks. ``size_hint`` is the size of anything large
+        member's own callbacks. It is a cancellation point, but it yields to
+        other tasks only when it waits: a loop of broadcasts runs until flow
+        control stops it (this keeps a broadcast down to a list append). ``size_hint`` is the size of anything large
         in ``msg``; buffered messages are flushed once their hints pass
         100 MB.
         """
