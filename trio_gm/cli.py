@@ -49,7 +49,7 @@ from ._bench import (
     flood,
     percentiles,
 )
-from .testing.soak import SoakMember, SoakReport, print_report, run_soak
+from .testing.soak import SoakMember, SoakReport, check_finals, print_report, run_soak
 
 log = logging.getLogger("trio_gm.cli")
 
@@ -318,7 +318,7 @@ async def _demo(args: argparse.Namespace) -> int:
                         for slot in survivors:
                             await slot.finished.wait()
                         live.update(table(f"trio_gm demo: {elapsed:4.1f}s, done"))
-                    _check_demo(report, survivors)
+                    check_finals(report, [(slot.callbacks, slot.sent) for slot in survivors])
                     for slot in survivors:
                         slot.leave.set()
         except StoreError as exc:
@@ -354,18 +354,6 @@ async def _demo(args: argparse.Namespace) -> int:
         "members announced before their messages, every survivor has every survivor's messages"
     )
     return 0
-
-
-def _check_demo(report: SoakReport, survivors: list[_DemoSlot]) -> None:
-    for holder in survivors:
-        for sender in survivors:
-            assert sender.callbacks.me is not None
-            got = holder.callbacks.last.get(sender.callbacks.me)
-            if got != sender.sent:
-                report.violations.append(
-                    f"{holder.name} holds {sender.name}'s messages up to {got}, "
-                    f"not up to its last confirmed one, {sender.sent}"
-                )
 
 
 def _short(member: MemberId) -> str:

@@ -104,9 +104,9 @@ class Member:
         not yet acknowledged (flow control), and never when called from this
         member's own callbacks. It is a cancellation point, but it yields to
         other tasks only when it waits: a loop of broadcasts runs until flow
-        control stops it (this keeps a broadcast down to a list append). ``size_hint`` is the size of anything large
-        in ``msg``; buffered messages are flushed once their hints pass
-        100 MB.
+        control stops it (this keeps a broadcast down to a list append).
+        ``size_hint`` is the size of anything large in ``msg``; buffered
+        messages are flushed once their hints pass 100 MB.
         """
         if size_hint.__class__ is not int or size_hint < 0:
             raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")

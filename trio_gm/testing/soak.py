@@ -211,15 +211,23 @@ async def run_soak(
 
 
 def _check_finals(report: SoakReport, survivors: list[_Slot]) -> None:
-    """Each survivor holds every survivor's messages up to its final one."""
-    for holder in survivors:
-        for sender in survivors:
-            assert sender.callbacks.me is not None
-            got = holder.callbacks.last.get(sender.callbacks.me)
-            if got != sender.sent:
+    check_finals(report, [(slot.callbacks, slot.sent) for slot in survivors])
+
+
+def check_finals(report: SoakReport, survivors: list[tuple[SoakMember, int]]) -> None:
+    """Each survivor holds every survivor's messages up to its final one.
+
+    ``survivors`` pairs each survivor's checker with the number of the last
+    message it sent (its final, confirmed, broadcast).
+    """
+    for holder, _ in survivors:
+        for sender, final in survivors:
+            assert sender.me is not None
+            got = holder.last.get(sender.me)
+            if got != final:
                 report.violations.append(
-                    f"{holder.callbacks.name} holds {sender.callbacks.name}'s messages up to "
-                    f"{got}, not up to its final confirmed one, {sender.sent}"
+                    f"{holder.name} holds {sender.name}'s messages up to {got}, "
+                    f"not up to its final confirmed one, {final}"
                 )
 
 
