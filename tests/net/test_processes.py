@@ -22,7 +22,10 @@ async def pg_group(postgres_url: str) -> AsyncIterator[tuple[str, str]]:
         yield postgres_url, schema
 
 
-def _args(url: str, schema: str, cookie: Path, heartbeat: float = 2.0) -> list[str]:
+def _args(url: str, schema: str, cookie: Path, heartbeat: float = 5.0) -> list[str]:
+    # The members print every delivery to a pipe this test reads; on a busy
+    # machine a full pipe stalls a member's event loop, heartbeats included:
+    # keep the interval well above such stalls except where it is the point.
     return [
         "--store", url, "--schema", schema, "--group", "procs", "--listen", "127.0.0.1:0",
         "--cookie-file", str(cookie), "--heartbeat", str(heartbeat),
