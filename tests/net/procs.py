@@ -49,12 +49,19 @@ class MemberProcess:
 
     async def expect(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The first event (in order) matching ``predicate``, waiting for it."""
-        with trio.fail_after(WAIT):
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                await self._changed.wait()
+        try:
+            with trio.fail_after(WAIT):
+                while True:
+                    for event in self.events:
+                        if predicate(event):
+                            return event
+                    await self._changed.wait()
+        except trio.TooSlowError:
+            others = [e for e in self.events if e["event"] != "msg"]
+            raise AssertionError(
+                f"{self.name} ({self.id}) did not see the expected event within {WAIT}s; "
+                f"its last non-message events: {others[-8:]}"
+            ) from None
 
     async def command(self, line: str) -> None:
         assert self.process is not None

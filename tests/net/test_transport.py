@@ -314,3 +314,27 @@ async def test_tls_needs_both_contexts(sqlite_store: trio_gm.GroupStore) -> None
             ssl_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
         ):
             pass  # pragma: no cover
+
+
+async def test_simultaneous_first_contact_keeps_one_connection(
+    sqlite_store: trio_gm.GroupStore,
+) -> None:
+    """Both nodes dial each other at once: one connection wins and nobody
+    mistakes the other for a reconnect (which would declare it down)."""
+    for _ in range(5):
+        n1_cm, n2_cm = await _pair(sqlite_store)
+        async with n1_cm as n1, n2_cm as n2:
+            e1, e2 = Echo(), Echo()
+            async with n1.actors.open_actor(e1) as a1, n2.actors.open_actor(e2) as a2:
+                for i in range(20):
+                    n1.actors.cast(a2.id, ("from n1", i))
+                    n2.actors.cast(a1.id, ("from n2", i))
+                await e2.wait_for(lambda m: m == ("from n1", 19))
+                await e1.wait_for(lambda m: m == ("from n2", 19))
+                assert e2.seen == [("from n1", i) for i in range(20)]
+                assert e1.seen == [("from n2", i) for i in range(20)]
+                for node in (n1, n2):
+                    stats = node.statistics()
+                    assert stats is not None
+                    assert stats.reconnects == 0
+                    assert len(stats.peers) == 1

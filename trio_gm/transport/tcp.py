@@ -346,8 +346,11 @@ class Transport:
                     stream, Reject("the connection dialed by the smaller name wins")
                 )
                 return False
-            await self._send_frame(stream, Welcome())
-        self._adopt(peer, stream, buffer)
+        # Adopt at once, Welcome first in the new connection's output: with
+        # an await between the check above and the adoption, this node could
+        # start a dial of its own meanwhile, and the peer would take that
+        # second connection for a reconnect and declare this node down.
+        self._adopt(peer, stream, buffer, first=self.codec.encode(Welcome()))
         return True
 
     async def _dial(self, peer: _Peer) -> None:
@@ -410,7 +413,9 @@ class Transport:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await stream.aclose()
 
-    def _adopt(self, peer: _Peer, stream: trio.abc.Stream, leftover: bytearray) -> None:
+    def _adopt(
+        self, peer: _Peer, stream: trio.abc.Stream, leftover: bytearray, first: bytes = b""
+    ) -> None:
         old = peer.conn
         if old is not None and not old.closed:
             # The peer dialed again: it lost the old connection.
@@ -421,6 +426,8 @@ class Transport:
         peer.ever_connected = True
         conn = _Connection(self, stream, peer.name, bytes(leftover))
         peer.conn = conn
+        if first:
+            conn.write(first)
         for frame in peer.pending:
             conn.write(frame)
         peer.pending.clear()
