@@ -4,6 +4,10 @@ PostgreSQL is read from ``TRIO_GM_POSTGRES_URL`` (default: the server these
 machines run on 127.0.0.1:5432). When it cannot be reached the tests that need
 it skip with a message saying so, unless ``TRIO_GM_REQUIRE_POSTGRES=1`` (CI
 sets it), which turns that skip into a failure.
+
+Every test runs with ``TRIO_GM_COOKIE_FILE`` naming a cookie file in a
+temporary directory (inherited by the processes tests start), so nothing
+reads or makes the user's real cookie file.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -33,6 +38,21 @@ def _postgres_reachable(url: str) -> str | None:
             return None
     except OSError as exc:
         return f"PostgreSQL at {host}:{port} is unreachable ({exc})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cookie_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the tests (and the processes they start) off the user's real cookie file."""
+    path = tmp_path_factory.mktemp("cookie") / "cookie"
+    saved = os.environ.get("TRIO_GM_COOKIE_FILE")
+    os.environ["TRIO_GM_COOKIE_FILE"] = str(path)
+    try:
+        yield path
+    finally:
+        if saved is None:
+            os.environ.pop("TRIO_GM_COOKIE_FILE", None)
+        else:
+            os.environ["TRIO_GM_COOKIE_FILE"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -68,8 +68,8 @@ def test_bench_with_one_process_per_member() -> None:
             "cannot read the cookie file '/nonexistent'",
         ),
         (
-            ["member", "--store", "sqlite://", "--group", "g", "--listen", "0.0.0.0:0"],
-            "without a cookie",
+            ["member", "--store", "sqlite://", "--group", "g", "--cookie-file", "/dev/null"],
+            "the cookie file '/dev/null' is not a regular file",
         ),
     ],
 )

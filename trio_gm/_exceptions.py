@@ -8,6 +8,7 @@ The tree, written down once::
     │   ├── ActorStopped            a call to an actor that stopped before replying
     │   └── CallTimeout             a call not answered in time (also a TimeoutError)
     ├── MemberStopped               a call on a gm member that has stopped
+    ├── CookieError                 a cookie file that is unsafe or unreadable (also a ValueError)
     └── StoreError                  the group store
         ├── StoreConfigError        a bad URL or a missing driver: fix the configuration
         ├── StoreUnavailable        the database cannot be reached or refused us
@@ -48,6 +49,14 @@ class CallTimeout(ActorError, TimeoutError):
 
 class MemberStopped(TrioGMError):
     """The gm member has stopped; it no longer takes calls."""
+
+
+class CookieError(TrioGMError, ValueError):
+    """The node cookie file cannot be used: unreadable, empty, or unsafe.
+
+    The message names the file and says how to fix it (for a file group or
+    others have any access to: ``chmod 600 PATH``).
+    """
 
 
 class StoreError(TrioGMError):

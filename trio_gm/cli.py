@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import secrets
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 import attrs
 import trio
 
-from . import Member, MemberId, StoreError, open_node, open_store
+from . import CookieError, Member, MemberId, StoreError, open_node, open_store
 from ._bench import (
     BenchResult,
     CountingMember,
@@ -49,6 +48,7 @@ from ._bench import (
     flood,
     percentiles,
 )
+from ._cookie import load_cookie
 from .testing.soak import SoakMember, SoakReport, check_finals, print_report, run_soak
 
 log = logging.getLogger("trio_gm.cli")
@@ -108,14 +108,13 @@ class _PrintingMember:
 
 async def _member(args: argparse.Namespace) -> int:
     out = _Printer(args.json)
+    # Without --cookie-file, open_node reads (or makes) the per-user cookie file.
     cookie: bytes | None = None
     if args.cookie_file is not None:
         try:
-            cookie = (await trio.Path(args.cookie_file).read_bytes()).strip()
-        except OSError as exc:
-            raise UsageError(f"cannot read the cookie file {args.cookie_file!r}: {exc}") from exc
-        if not cookie:
-            raise UsageError(f"the cookie file {args.cookie_file!r} is empty")
+            cookie = await load_cookie(Path(args.cookie_file), create=False)
+        except CookieError as exc:
+            raise UsageError(str(exc)) from exc
     # Ctrl-C and SIGTERM are taken from the start, so that even one that
     # arrives while joining ends in a clean leave and exit status 0.
     failure: UsageError | None = None
@@ -404,7 +403,7 @@ async def _bench(args: argparse.Namespace) -> int:
 async def _bench_processes(args: argparse.Namespace) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="trio-gm-bench-") as tmp:
         cookie = Path(tmp) / "cookie"
-        cookie.write_text(secrets.token_hex(16))
+        await load_cookie(cookie)  # a new one, mode 0600, as the workers require
         store = args.store if args.store != "sqlite://" else f"sqlite:///{tmp}/bench.db"
         workers: list[trio.Process] = []
         try:
@@ -462,7 +461,7 @@ async def _read_json(process: trio.Process) -> dict[str, Any]:
 
 
 async def _bench_worker(args: argparse.Namespace) -> int:
-    cookie = (await trio.Path(args.cookie_file).read_bytes()).strip()
+    cookie = await load_cookie(Path(args.cookie_file), create=False)
     counter = CountingMember()
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     async with open_store(args.store) as store:
@@ -589,7 +588,12 @@ def _parser() -> argparse.ArgumentParser:
     member.add_argument(
         "--listen", default=None, help="HOST:PORT to listen on for other nodes (port 0: any)"
     )
-    member.add_argument("--cookie-file", default=None, help="file holding the node cookie")
+    member.add_argument(
+        "--cookie-file",
+        default=None,
+        help="file holding the node cookie, mode 0600 (default: $TRIO_GM_COOKIE_FILE, else "
+        "~/.config/trio-gm/cookie, made if missing)",
+    )
     member.add_argument(
         "--heartbeat", type=float, default=5.0, help="seconds of silence before a peer is down"
     )

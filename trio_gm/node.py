@@ -8,7 +8,6 @@ of its ``node.open_member(...)`` block.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import secrets
 import ssl
@@ -18,7 +17,8 @@ from typing import Any, Final
 
 import trio
 
-from ._exceptions import ActorError, MemberStopped
+from ._cookie import load_cookie
+from ._exceptions import ActorError, CookieError, MemberStopped
 from ._ids import MemberId
 from .actor import ActorHandle, ActorNode
 from .ring.member import (
@@ -36,8 +36,10 @@ from .transport.codec import Codec
 from .transport.tcp import (
     DEFAULT_HEARTBEAT,
     DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_HANDSHAKES,
     Transport,
     TransportStatistics,
+    default_send_queue,
     internal_classes,
     split_address,
 )
@@ -45,15 +47,40 @@ from .transport.tcp import (
 #: Default bound on a member's own messages buffered or unacknowledged.
 DEFAULT_MAX_IN_FLIGHT: Final = 2000
 
+#: Default bound on one encoded message (``open_node(max_message_size=...)``).
+DEFAULT_MAX_MESSAGE: Final = 48 * 1024 * 1024
+#: Room left in a frame, beyond the messages of a batch, for the rest of the
+#: activity (ids, numbers, acknowledgements of each publisher).
+FRAME_HEADROOM: Final = 64 * 1024
+#: Encoded bytes of messages after which a batch is sent: larger batches
+#: gain nothing, and each hop handles a frame in one go (a larger message
+#: goes alone).
+MAX_BATCH_BYTES: Final = 1024 * 1024
+
+
+def frame_budget(max_frame_size: int) -> int:
+    """Encoded message bytes one activity may carry under ``max_frame_size``."""
+    if max_frame_size > 2 * FRAME_HEADROOM:
+        return max_frame_size - FRAME_HEADROOM
+    return max_frame_size // 2
+
+
 _CALLBACKS: Final = ("joined", "members_changed", "handle_msg", "handle_terminate")
 
 
 class Member:
     """The owner's handle on one member of a group."""
 
-    def __init__(self, actor: MemberActor, handle: ActorHandle, codec: Codec | None) -> None:
+    def __init__(
+        self,
+        actor: MemberActor,
+        handle: ActorHandle,
+        codec: Codec | None,
+        max_message_size: int | None = None,
+    ) -> None:
         self._actor = actor
         self._codec = codec
+        self._max_message_size = max_message_size
         self._handle = handle
         cell = handle.node.cell(handle.id)
         assert cell is not None
@@ -107,11 +134,18 @@ class Member:
         control stops it (this keeps a broadcast down to a list append).
         ``size_hint`` is the size of anything large in ``msg``; buffered
         messages are flushed once their hints pass 100 MB.
+
+        On a node with a network side ``msg`` is encoded here, once: a
+        message that cannot cross the wire, or that encodes to more than the
+        node's ``max_message_size``, raises ``TypeError`` or ``ValueError``
+        naming the part (``msg[1]``, ``msg['key']``) and why, and nobody
+        receives it. What is accepted travels as these bytes.
         """
         if size_hint.__class__ is not int or size_hint < 0:
             raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")
+        packed = None
         if self._codec is not None:
-            self._codec.check(msg)
+            packed = self._codec.pack(msg, max_size=self._max_message_size)
         actor = self._actor
         if actor.in_flight >= actor.max_in_flight and not self._in_own_callback():
             await self._wait_for_room()
@@ -124,7 +158,7 @@ class Member:
                 f"member {self.id} is shutting down ({actor.shutting_down!r}): "
                 "the broadcast was not sent"
             )
-        actor.offer(msg, size_hint)
+        actor.offer(msg, size_hint, packed)
 
     async def confirmed_broadcast(self, msg: Any) -> None:
         """Broadcast ``msg`` and return once every member of the group has it.
@@ -139,10 +173,11 @@ class Member:
                 "confirmed_broadcast from the member's own callback would deadlock: "
                 "the confirmation needs this member to handle more messages; use broadcast"
             )
+        packed = None
         if self._codec is not None:
-            self._codec.check(msg)
+            packed = self._codec.pack(msg, max_size=self._max_message_size)
         await self._wait_for_room()
-        raise_if_shutting_down(await self._call(_ConfirmedBroadcast(msg)), self.id)
+        raise_if_shutting_down(await self._call(_ConfirmedBroadcast(msg, packed)), self.id)
 
     async def info(self) -> GroupInfo:
         """The group name, the current callbacks and the alive members."""
@@ -194,11 +229,18 @@ class Node:
     """Hosts members; made by :func:`open_node`."""
 
     def __init__(
-        self, store: GroupStore, actors: ActorNode, transport: Transport | None = None
+        self,
+        store: GroupStore,
+        actors: ActorNode,
+        transport: Transport | None = None,
+        *,
+        max_message_size: int | None = None,
     ) -> None:
         self.store = store
         self.actors = actors
         self.transport = transport
+        #: The largest encoded message ``broadcast`` accepts (None without ``listen``).
+        self.max_message_size = max_message_size if transport is not None else None
         #: Encodes what crosses to other nodes; register your attrs message
         #: classes with ``node.codec.register(cls)`` (on every node).
         self.codec: Codec | None = transport.codec if transport is not None else None
@@ -257,6 +299,11 @@ class Node:
                 args,
                 self.store,
                 max_in_flight=max_in_flight,
+                max_batch_bytes=(
+                    None
+                    if self.transport is None
+                    else min(MAX_BATCH_BYTES, frame_budget(self.transport.max_frame_size))
+                ),
                 io_factory=io_factory,
             )
 
@@ -271,7 +318,7 @@ class Node:
                     actor = new_actor()
                     continue
                 break
-            member = Member(actor, handle, self.codec)
+            member = Member(actor, handle, self.codec, self.max_message_size)
             try:
                 await member._call(_Request.AWAIT_READY)
                 yield member
@@ -290,20 +337,47 @@ async def open_node(
     ssl_client_context: ssl.SSLContext | None = None,
     heartbeat_interval: float = DEFAULT_HEARTBEAT,
     max_frame_size: int = DEFAULT_MAX_FRAME,
+    max_message_size: int | None = None,
+    max_send_queue: int | None = None,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
 ) -> AsyncIterator[Node]:
     """A node for members of groups kept in ``store``, for the block's duration.
 
     Without ``listen`` every member lives in this process. With
     ``listen="host:port"`` (port 0 picks a free one; ``node.address`` says
     which) members of other nodes can reach this node's members over TCP.
-    A peer must prove it knows ``cookie`` (HMAC challenge-response; the
-    cookie is never sent) before anything it sends is accepted; without a
-    cookie the node listens on loopback addresses only. With TLS,
+    A peer must prove it knows the node's cookie (HMAC challenge-response;
+    the cookie is never sent) before anything it sends is accepted. A node
+    always has a cookie: without ``cookie`` it reads the per-user cookie
+    file, as Erlang's ``~/.erlang.cookie`` (``$TRIO_GM_COOKIE_FILE``, else
+    ``$XDG_CONFIG_HOME/trio-gm/cookie``, else ``~/.config/trio-gm/cookie``),
+    creating it with a random cookie (mode 0600) if it is missing; so nodes
+    of one user on one host need no configuration and other users' nodes
+    are refused. A cookie file that group or others can access, another
+    user owns, or that is empty raises :class:`~trio_gm.CookieError` (a
+    ValueError), as does ``cookie=""``. With TLS,
     ``ssl_context`` (a server context holding this node's certificate)
     wraps the connections it accepts and ``ssl_client_context`` (one that
     trusts the peers' certificates) those it dials; give both. A peer
     silent for ``heartbeat_interval`` seconds is declared down; frames above
-    ``max_frame_size`` bytes close their connection.
+    ``max_frame_size`` bytes (default 64 MiB) close their connection.
+
+    ``max_message_size`` bounds one message as encoded: ``broadcast``
+    refuses a larger one, naming both sizes. It defaults to 48 MiB (or less,
+    to fit a smaller ``max_frame_size``: it must leave room for the rest of a
+    frame, 64 KiB). Batches of messages are cut by encoded bytes, so no
+    frame exceeds ``max_frame_size`` whatever the size hints say.
+
+    What a peer can cost this node is bounded. ``max_send_queue`` (bytes,
+    default four times ``max_frame_size`` and at least 256 MiB, so a burst
+    of broadcasts does not trip it; no less than ``max_frame_size``) bounds what waits to be sent to one peer;
+    a peer whose queue outgrows it, or whose socket takes nothing of it for
+    ``heartbeat_interval`` seconds (it stopped reading), is declared down,
+    as Erlang's net_ticktime does: sends never block the ring.
+    ``max_handshakes`` (default 256) bounds the accepted connections still
+    proving they know the cookie, each for at most 5 s; beyond it new
+    connections are closed at once. Running out of file descriptors makes
+    the node pause accepting (logged once), not fail.
     """
     if not isinstance(store, GroupStore):
         raise TypeError(f"open_node needs a GroupStore (from open_store), got {store!r}")
@@ -319,15 +393,45 @@ async def open_node(
     host, port = split_address(listen)
     if not (heartbeat_interval > 0):
         raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
+    if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
+        raise TypeError(f"max_frame_size must be an int (bytes), got {max_frame_size!r}")
+    if max_frame_size < 1024:
+        raise ValueError(f"max_frame_size must be at least 1024 bytes, got {max_frame_size}")
+    budget = frame_budget(max_frame_size)
+    if max_message_size is None:
+        max_message_size = min(DEFAULT_MAX_MESSAGE, budget)
+    elif isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
+        raise TypeError(f"max_message_size must be an int (bytes), got {max_message_size!r}")
+    elif not 1 <= max_message_size <= budget:
+        raise ValueError(
+            f"max_message_size must be between 1 and {budget} bytes with "
+            f"max_frame_size={max_frame_size} (a frame needs room beyond its messages), "
+            f"got {max_message_size}"
+        )
+    if max_send_queue is None:
+        max_send_queue = default_send_queue(max_frame_size)
+    elif isinstance(max_send_queue, bool) or not isinstance(max_send_queue, int):
+        raise TypeError(f"max_send_queue must be an int (bytes), got {max_send_queue!r}")
+    elif max_send_queue < max_frame_size:
+        raise ValueError(
+            f"max_send_queue must be at least max_frame_size={max_frame_size} bytes "
+            f"(a queue must hold one frame), got {max_send_queue}"
+        )
+    if isinstance(max_handshakes, bool) or not isinstance(max_handshakes, int):
+        raise TypeError(f"max_handshakes must be an int >= 1, got {max_handshakes!r}")
+    if max_handshakes < 1:
+        raise ValueError(f"max_handshakes must be an int >= 1, got {max_handshakes}")
+    if cookie is not None and not isinstance(cookie, str | bytes):
+        raise TypeError(f"cookie must be a str or bytes, got {type(cookie).__name__}")
     if cookie is None:
-        if not _is_loopback(host):
-            raise ValueError(
-                f"refusing to listen on {listen!r} without a cookie: anyone who can reach "
-                "it could join; pass cookie=... or listen on a loopback address"
-            )
-        secret = b""
+        secret = await load_cookie()
     else:
         secret = cookie.encode() if isinstance(cookie, str) else bytes(cookie)
+        if not secret:
+            raise CookieError(
+                "cookie must not be empty: pass a secret, or leave cookie out to use "
+                "the per-user cookie file"
+            )
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
     node_name = f"{host}:{bound[1]}#{secrets.token_hex(4)}"
@@ -340,20 +444,13 @@ async def open_node(
         max_frame_size=max_frame_size,
         ssl_context=ssl_context,
         ssl_client_context=ssl_client_context,
+        max_send_queue=max_send_queue,
+        max_handshakes=max_handshakes,
     )
     actors.remote = transport
     async with trio.open_nursery() as nursery:
         await nursery.start(transport.serve, listeners)
         try:
-            yield Node(store, actors, transport)
+            yield Node(store, actors, transport, max_message_size=max_message_size)
         finally:
             nursery.cancel_scope.cancel()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -55,6 +55,7 @@ async def members(
     url, schema = pg_group
     cookie = tmp_path / "cookie"
     cookie.write_text("s3cret\n")
+    cookie.chmod(0o600)  # a cookie file others can read is refused
     async with trio.open_nursery() as nursery:
         launcher = Launcher(_args(url, schema, cookie, heartbeat), nursery)
         try:

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 import trio_gm
 from tests.gm_helpers import Events, Reporter
+from trio_gm._cookie import load_cookie
 from trio_gm.actor import Actor, ActorContext, Down, From, Reply
 from trio_gm.transport.codec import Codec, CodecError
 from trio_gm.transport.frames import Hello, Send
-from trio_gm.transport.tcp import internal_classes
+from trio_gm.transport.tcp import internal_classes, wire_frame
 
 COOKIE = "test-cookie"
 
@@ -172,14 +173,17 @@ async def _raw_connect(node: trio_gm.Node) -> trio.SocketStream:
 
 
 def _frame(codec: Codec, value: Any) -> bytes:
+    """``value`` in handshake framing (a 4-byte length); after the handshake
+    frames go in records: ``tcp.wire_frame``."""
     data = codec.encode(value)
     return struct.pack(">I", len(data)) + data
 
 
 @pytest.mark.parametrize(
     "attack",
-    ["wrong cookie", "no handshake", "random bytes", "truncated", "oversized"],
-)
+    ["wrong cookie", "no handshake", "records, no handshake", "random bytes", "truncated",
+     "oversized"],
+)  # fmt: skip
 async def test_bad_peers_are_refused_and_the_node_carries_on(
     sqlite_store: trio_gm.GroupStore, events: Events, attack: str
 ) -> None:
@@ -200,6 +204,7 @@ async def test_bad_peers_are_refused_and_the_node_carries_on(
             stream = await _raw_connect(node)
             payload = {
                 "no handshake": _frame(codec, Send(a.id, False, "intrusion")),
+                "records, no handshake": wire_frame(codec.encode(Send(a.id, False, "intrusion"))),
                 "random bytes": b"\xff\x00\x13garbage" * 100,
                 "truncated": _frame(codec, Hello("x", b"n"))[:7],
                 "oversized": struct.pack(">I", 10_000_000) + b"x" * 100,
@@ -252,12 +257,18 @@ def test_payloads_round_trip_exactly(value: Any) -> None:
     assert type(codec.decode(codec.encode(value))) is type(value)
 
 
-async def test_no_cookie_means_loopback_only(sqlite_store: trio_gm.GroupStore) -> None:
-    with pytest.raises(ValueError, match=r"refusing to listen on '0\.0\.0\.0:0' without a cookie"):
-        async with trio_gm.open_node(sqlite_store, listen="0.0.0.0:0"):
-            pass  # pragma: no cover
-    async with trio_gm.open_node(sqlite_store, listen="127.0.0.1:0") as node:
-        assert node.address is not None
+async def test_no_cookie_means_the_cookie_file_on_any_address_and_an_empty_one_is_refused(
+    sqlite_store: trio_gm.GroupStore,
+) -> None:
+    # A node always has a cookie, so listening beyond loopback needs no cookie=.
+    async with trio_gm.open_node(sqlite_store, listen="0.0.0.0:0") as node:
+        assert node.transport is not None
+        assert node.transport.cookie == await load_cookie()
+        assert len(node.transport.cookie) == 64
+    for empty in ("", b""):
+        with pytest.raises(ValueError, match="cookie must not be empty"):
+            async with trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=empty):
+                pass  # pragma: no cover
 
 
 @pytest.mark.parametrize("bad", ["nohost", "host:", "host:99999", ":80"])

@@ -30,6 +30,7 @@ import trio
 
 from .._exceptions import ActorError, MemberStopped
 from .._ids import MemberId
+from .._packed import Packed
 from ..actor import (
     Actor,
     ActorContext,
@@ -60,6 +61,7 @@ from .members import (
     has_pending,
     prepare_snapshot,
     remove_erased_members,
+    split_entries,
     state_for,
 )
 from .messages import (
@@ -137,6 +139,8 @@ class MemberStatistics:
 @attrs.frozen
 class _ConfirmedBroadcast:
     msg: Any
+    #: ``msg`` encoded at the owner's call, on a node with a network side.
+    packed: Packed | None = None
 
 
 class _Request:
@@ -203,6 +207,7 @@ class MemberActor(Actor):
         store: GroupStore,
         *,
         max_in_flight: int,
+        max_batch_bytes: int | None = None,
         io_factory: Any = None,
     ) -> None:
         self.group_name = group_name
@@ -210,6 +215,8 @@ class MemberActor(Actor):
         self.args = args
         self.store = store
         self.max_in_flight = max_in_flight
+        #: Encoded bytes one activity may carry (None: no network, no bound).
+        self.max_batch_bytes = max_batch_bytes
         self._io_factory = io_factory
         self.io: RingIO
         self.self_id: MemberId
@@ -220,7 +227,10 @@ class MemberActor(Actor):
         self.pub_count = -1
         self.confirms: deque[tuple[int, From]] = deque()
         self.buffer: list[Any] = []
+        #: Size hints of the buffered messages.
         self.buffer_size = 0
+        #: Encoded bytes of the buffered messages (with ``max_batch_bytes``).
+        self.buffer_bytes = 0
         self.broadcast_timer: TimerRef | None = None
         #: The reason of a deferred ``Stop`` (RabbitMQ issue 224).
         self.shutting_down: Any = None
@@ -237,7 +247,9 @@ class MemberActor(Actor):
         #: Broadcasts the owner handed over, not yet handled here. Handing
         #: them over through a list, with one wake-up message per batch,
         #: keeps a broadcast down to a list append.
-        self.incoming: list[tuple[Any, int]] = []
+        #: Each is ``(msg, wire, size_hint)``: ``wire`` is the :class:`Packed`
+        #: form of ``msg`` on a networked node, else ``msg`` itself.
+        self.incoming: list[tuple[Any, Any, int]] = []
         #: Number of this member's last publication acknowledged (or dropped
         #: because it was left alone): everything after it is in flight.
         self.acked_through = -1
@@ -252,10 +264,13 @@ class MemberActor(Actor):
         """Own messages handed over, buffered or not yet acknowledged."""
         return len(self.incoming) + self.pub_count - self.acked_through
 
-    def offer(self, msg: Any, size_hint: int) -> None:
-        """Take a broadcast from the owner (same process, never blocks)."""
+    def offer(self, msg: Any, size_hint: int, packed: Packed | None = None) -> None:
+        """Take a broadcast from the owner (same process, never blocks).
+
+        ``packed`` is ``msg`` encoded for the wire: what the ring carries.
+        """
         incoming = self.incoming
-        incoming.append((msg, size_hint))
+        incoming.append((msg, msg if packed is None else packed, size_hint))
         if len(incoming) == 1:
             self.ctx.cast(self.self_id, _BROADCASTS)
 
@@ -449,8 +464,16 @@ class MemberActor(Actor):
     async def handle_call(self, request: Any, from_: From) -> Any:
         try:
             cls = type(request)
+            if from_.node != self.self_id.node and cls is not AddOnRight:
+                # Only a join crosses nodes: the owner's requests come from
+                # this process, and answering another node's "info" would
+                # try to send the callbacks object (or crash on a typo).
+                log.warning(
+                    "member %s ignores a call %r from node %s", self.self_id, request, from_.node
+                )
+                return self._noreply()
             if cls is _ConfirmedBroadcast:
-                return await self._on_confirmed_broadcast(request.msg, from_)
+                return await self._on_confirmed_broadcast(request, from_)
             if cls is AddOnRight:
                 return await self._on_add_on_right(request.new_member, from_)
             if request == _Request.AWAIT_READY:
@@ -464,7 +487,8 @@ class MemberActor(Actor):
                 return self._reply(self.view.alive)
             if request == _Request.STATISTICS:
                 return self._reply(self._statistics())
-            raise ValueError(f"member {self.self_id} got an unknown call {request!r}")
+            log.warning("member %s ignores an unknown call %r", self.self_id, request)
+            return self._noreply()
         except _StopMember as stop:
             return self._stop(stop.reason)
 
@@ -495,7 +519,8 @@ class MemberActor(Actor):
             handle_msg, args = self.callbacks.handle_msg, self.args
             buffer = self.buffer
             alone = self.right[0] == me
-            for index, (msg, size_hint) in enumerate(batch):
+            budget = self.max_batch_bytes
+            for index, (msg, wire, size_hint) in enumerate(batch):
                 if self.shutting_down is not None:
                     log.warning(
                         "member %s is shutting down (%r): %d broadcasts dropped",
@@ -505,8 +530,21 @@ class MemberActor(Actor):
                     )
                     break
                 if not alone:
+                    if budget is not None and wire is not msg:
+                        # Cut batches by encoded bytes: no activity may
+                        # exceed the frame budget, whatever the size hints.
+                        size = len(wire.data)
+                        if buffer and self.buffer_bytes + size > budget:
+                            self._flush()
+                            buffer = self.buffer
+                            # Let the connections run (heartbeats among
+                            # them) between two large frames; shielded, as
+                            # a leave takes its broadcasts here too.
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                            alone = self.right[0] == me
+                        self.buffer_bytes += size
                     self.pub_count += 1
-                    buffer.append(msg)
+                    buffer.append(wire)
                     if size_hint:
                         self.buffer_size += size_hint
                         if self.buffer_size > MAX_BUFFER_SIZE:
@@ -528,7 +566,8 @@ class MemberActor(Actor):
                     self._check(stop)
         self._signal_room()
 
-    async def _on_confirmed_broadcast(self, msg: Any, from_: From) -> Any:
+    async def _on_confirmed_broadcast(self, request: _ConfirmedBroadcast, from_: From) -> Any:
+        msg = request.msg
         await self._take_broadcasts()  # they were handed over first
         if self.shutting_down is not None:
             return self._reply(_ShuttingDown(self.shutting_down))
@@ -540,7 +579,7 @@ class MemberActor(Actor):
             return self._noreply()
         # Published as a broadcast is, then flushed at once: the reply waits
         # for its number to come back acknowledged.
-        self.incoming.append((msg, 0))
+        self.incoming.append((msg, msg if request.packed is None else request.packed, 0))
         await self._take_broadcasts()
         self.confirms.append((self.pub_count, from_))
         self._flush()
@@ -558,7 +597,7 @@ class MemberActor(Actor):
         if not self.buffer:
             return
         assert self.members_state is not None
-        pubs, self.buffer, self.buffer_size = self.buffer, [], 0
+        pubs, self.buffer, self.buffer_size, self.buffer_bytes = self.buffer, [], 0, 0
         first = self.pub_count - len(pubs) + 1
         self._send_right(
             Activity(
@@ -619,7 +658,8 @@ class MemberActor(Actor):
             return  # not from our left (any more): a stray, discarded
         assert self.members_state is not None
         entries = catchup_entries(self.members_state, dict(msg.state), self.self_id, self.view)
-        await self._process_activity(entries)
+        # What a catch-up brings can exceed one frame: it goes right in parts.
+        await self._process_activity(entries, split=True)
 
     async def _on_activity(self, msg: Activity) -> None:
         assert self.members_state is not None
@@ -631,7 +671,7 @@ class MemberActor(Actor):
             await self._check_membership()
         await self._process_activity(msg.entries)
 
-    async def _process_activity(self, entries: Any) -> None:
+    async def _process_activity(self, entries: Any, *, split: bool = False) -> None:
         assert self.members_state is not None
         out, own_acked = calculate_activity(self.members_state, entries, self.self_id, self.view)
         if own_acked >= 0:
@@ -639,7 +679,13 @@ class MemberActor(Actor):
             self._confirm_through(own_acked)
             self._signal_room()
         if out:
-            self._send_right(Activity(self.view.version, self.self_id, tuple(out)))
+            if split and self.max_batch_bytes is not None:
+                # (An activity from the left fits a frame, and what goes on
+                # is no larger: only a catch-up's needs cutting.)
+                for part in split_entries(out, self.max_batch_bytes):
+                    self._send_right(Activity(self.view.version, self.self_id, tuple(part)))
+            else:
+                self._send_right(Activity(self.view.version, self.self_id, tuple(out)))
         # Deliver before erasing (gm erases first): an erasure can report a
         # publisher of this very batch dead, and nothing may be delivered
         # from a member after its death was reported (found by the explorer).
@@ -659,6 +705,8 @@ class MemberActor(Actor):
                 continue
             sender = entry.publisher
             for index, msg in enumerate(pubs):
+                if type(msg) is Packed:
+                    msg = msg.value
                 result = handle_msg(args, sender, msg)
                 if result is None:
                     continue
@@ -774,7 +822,7 @@ class MemberActor(Actor):
         self.right = self._ensure_neighbour(version, self.right, me.right)
         if self.right[0] == self.self_id and self.buffer:
             # Alone: buffered messages were delivered here at broadcast.
-            self.buffer, self.buffer_size = [], 0
+            self.buffer, self.buffer_size, self.buffer_bytes = [], 0, 0
             self._all_acked()
         if (
             self.right[0] != old_right[0]

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._ids import MemberId
+from .._packed import Packed
 from .messages import ActivityEntry, MemberSnapshot
 from .view import View
 
@@ -166,6 +167,45 @@ def calculate_activity(
                     state.last_ack = entry.ack_last
             out.append(entry)
     return out, own_acked
+
+
+def split_entries(entries: list[ActivityEntry], budget: int) -> list[list[ActivityEntry]]:
+    """Cut ``entries`` into parts whose encoded publications fit ``budget`` bytes.
+
+    Sizes are those of :class:`~trio_gm._packed.Packed` publications (others
+    count as nothing). One publisher's run may be cut in several; its
+    acknowledgements go with the last piece, so that processing the parts in
+    order is processing ``entries``. A part holds at least one publication,
+    however large.
+    """
+    parts: list[list[ActivityEntry]] = [[]]
+    size = 0
+    for entry in entries:
+        pubs = entry.pubs
+        start = 0
+        for index, pub in enumerate(pubs):
+            nbytes = len(pub.data) if type(pub) is Packed else 0
+            if size + nbytes > budget and (index > start or parts[-1]):
+                if index > start:
+                    piece = pubs[start:index]
+                    parts[-1].append(ActivityEntry(entry.publisher, entry.first + start, piece))
+                parts.append([])
+                size = 0
+                start = index
+            size += nbytes
+        if start == 0:
+            parts[-1].append(entry)
+        else:
+            parts[-1].append(
+                ActivityEntry(
+                    entry.publisher,
+                    entry.first + start,
+                    pubs[start:],
+                    acks=entry.acks,
+                    ack_last=entry.ack_last,
+                )
+            )
+    return [part for part in parts if part]
 
 
 def catchup_entries(

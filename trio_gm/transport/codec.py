@@ -2,21 +2,35 @@
 
 What can cross a node boundary:
 
-* msgpack's own types: None, bool, int, float, str, bytes, lists and dicts
-  (with keys of these types);
+* msgpack's own types: None, bool, int (-2**63 to 2**64 - 1), float, str,
+  bytes (a bytearray arrives as bytes), lists and dicts (with keys of these
+  types);
 * tuples (kept as tuples, not turned into lists);
 * trio_gm's own message classes (ids, ring messages, frames);
 * attrs classes the user registers with :meth:`Codec.register`; they go
   through the codec's cattrs converter (``codec.converter``), so the user
   can teach it their own field types with cattrs hooks.
 
-Anything else is refused with a ``TypeError`` naming its type: at
-``broadcast`` (by :meth:`Codec.check`, before the message enters the ring)
-and at encoding.
+A user message is encoded once, at ``broadcast`` (:meth:`Codec.pack`):
+anything that cannot cross is refused there with a ``TypeError`` or
+``ValueError`` naming its part, and what is accepted travels as those bytes
+(a :class:`~trio_gm._packed.Packed`) through every hop.
 
-Each attrs value is one msgpack extension value holding the class's tag and
-its fields; trio_gm's own classes are encoded positionally (their field
-order is the wire format), user classes as the dict cattrs makes of them.
+The wire form. A tuple, an internal value or a user value is a msgpack
+array whose first item is a *marker* (a 1- or 2-byte extension value): the
+tuple marker then the items; an internal class's marker (carrying its tag)
+then its fields in declaration order (the field order is the wire format);
+the user marker, the wire name, then the dict cattrs makes of the value. A
+:class:`Packed` message is an extension holding its bytes, and a run of
+them (the publications of one activity entry) one extension holding an
+array: their lengths, then the messages (their bytes, end to end), so a
+receiver decodes them in one pass and keeps each one's bytes to forward.
+Everything else is inline in one msgpack document, so neither side copies
+nested values' bytes, and decoding is bottom-up with no recursion in
+Python: a marked array becomes its value (``list_hook``) once
+its items are decoded, after the fields of an internal class were checked
+against their declared types (``validate``). A marker anywhere else than at
+the head of an array is refused.
 """
 
 from __future__ import annotations
@@ -29,16 +43,49 @@ import cattrs.preconf.msgpack
 import msgpack
 
 from .._ids import ActorId
+from .._packed import Packed
+from .validate import Validator, validator
 
-EXT_TUPLE: Final = 1
-EXT_INTERNAL: Final = 2
-EXT_USER: Final = 3
+#: The extension code of markers (the head of a tuple, internal or user array).
+EXT_MARK: Final = 1
+#: One user message, encoded once at ``broadcast`` (:class:`Packed`).
+EXT_PACKED: Final = 4
+#: A run of :class:`Packed` messages (a tuple of them): their bytes, end to end.
+EXT_PACKED_RUN: Final = 5
+
+_MARK_TUPLE: Final = 0
+_MARK_INTERNAL: Final = 1
+_MARK_USER: Final = 2
+
+#: Nesting a message may have, counted by the encoder (msgpack's own limits
+#: are about a thousand levels, and the two sides' limits differ).
+MAX_NESTING: Final = 500
+#: Encoded messages longer than this (other than a lone str or bytes) are
+#: decoded once at ``broadcast``, so a message the receivers could not
+#: decode is refused there. A shorter one is too small to nest deeper than
+#: the decoder can go.
+_TRIAL_DECODE_OVER: Final = 200
 
 _SCALARS: Final = (type(None), bool, int, float, str, bytes)
 
 
 class CodecError(ValueError):
     """Bytes that do not decode to a value this codec knows."""
+
+
+def _ext(code: int, data: bytes) -> Any:
+    # ExtType's own constructor checks its arguments in Python: these are ours.
+    return tuple.__new__(msgpack.ExtType, (code, data))
+
+
+class _Mark:
+    """A decoded marker: what the array it heads becomes."""
+
+    __slots__ = ("kind", "tag")
+
+    def __init__(self, kind: int, tag: int = 0) -> None:
+        self.kind = kind
+        self.tag = tag
 
 
 class Codec:
@@ -49,18 +96,44 @@ class Codec:
         self._internal_tags: dict[type, int] = {}
         self._internal_classes: list[type] = []
         self._internal_fields: list[tuple[str, ...]] = []
+        #: The field type check of each internal class (``validate``), by tag.
+        self._internal_validators: list[Validator] = []
+        #: The marker each internal class's arrays start with, by tag.
+        self._internal_marks: list[Any] = []
         self._user_tags: dict[type, str] = {}
         self._user_classes: dict[str, type] = {}
+        #: Decoded markers by their bytes.
+        self._marks: dict[bytes, _Mark] = {
+            bytes([_MARK_TUPLE]): _Mark(_MARK_TUPLE),
+            bytes([_MARK_USER]): _Mark(_MARK_USER),
+        }
+        self._tuple_mark = _ext(EXT_MARK, bytes([_MARK_TUPLE]))
+        self._user_mark = _ext(EXT_MARK, bytes([_MARK_USER]))
         for cls in (ActorId, *internal):
             self._add_internal(cls)
-        self._packer_default: Callable[[Any], Any] = self._default
+        self._default_hook: Callable[[Any], Any] = self._default
+        self._ext_hook_ref: Callable[[int, bytes], Any] = self._ext_hook
+        self._list_hook_ref: Callable[[list[Any]], Any] = self._list_hook
+        #: Reused: making a packer allocates its buffer.
+        self._packer = self._new_packer()
+        self._packing = False
+        #: For the headers of runs, made while ``_packer`` is busy.
+        self._aux_packer = msgpack.Packer(use_bin_type=True, strict_types=True)
+        #: Markers decoded and not yet consumed by the head of their array.
+        self._open_marks = 0
 
     def _add_internal(self, cls: type) -> None:
         if not attrs.has(cls):
             raise TypeError(f"{cls!r} is not an attrs class")
-        self._internal_tags[cls] = len(self._internal_classes)
+        tag = len(self._internal_classes)
+        if tag > 255:
+            raise ValueError("at most 256 internal classes")
+        self._internal_tags[cls] = tag
+        self._internal_marks.append(_ext(EXT_MARK, bytes([_MARK_INTERNAL, tag])))
+        self._marks[bytes([_MARK_INTERNAL, tag])] = _Mark(_MARK_INTERNAL, tag)
         self._internal_classes.append(cls)
         self._internal_fields.append(tuple(f.name for f in attrs.fields(cls)))
+        self._internal_validators.append(validator(cls))
 
     def register(self, cls: type, *, name: str | None = None) -> None:
         """Let instances of the attrs class ``cls`` cross the wire.
@@ -106,78 +179,227 @@ class Codec:
 
     def _default(self, value: Any) -> Any:
         cls = type(value)
+        if cls is Packed:
+            return _ext(EXT_PACKED, value.data)
         if cls is tuple:
-            return msgpack.ExtType(EXT_TUPLE, self.encode(list(value)))
+            if value and type(value[0]) is Packed:
+                try:
+                    parts = [item.data for item in value]
+                except AttributeError:
+                    pass  # not all of them are Packed: item by item
+                else:
+                    aux = self._aux_packer
+                    head = aux.pack_array_header(len(parts) + 1)
+                    lengths = aux.pack([len(part) for part in parts])
+                    return _ext(EXT_PACKED_RUN, b"".join([head, lengths, *parts]))
+            return [self._tuple_mark, *value]
         tag = self._internal_tags.get(cls)
         if tag is not None:
-            fields = self._internal_fields[tag]
-            return msgpack.ExtType(
-                EXT_INTERNAL, self.encode([tag, *(getattr(value, f) for f in fields)])
-            )
+            return [
+                self._internal_marks[tag],
+                *[getattr(value, f) for f in self._internal_fields[tag]],
+            ]
         user_tag = self._user_tags.get(cls)
         if user_tag is not None:
-            return msgpack.ExtType(
-                EXT_USER, self.encode([user_tag, self.converter.unstructure(value)])
-            )
+            return [self._user_mark, user_tag, self.converter.unstructure(value)]
         self.check(value)  # raises, naming the type
         raise TypeError(f"cannot encode {value!r}")  # pragma: no cover
 
+    def _new_packer(self) -> Any:
+        return msgpack.Packer(default=self._default_hook, use_bin_type=True, strict_types=True)
+
     def encode(self, value: Any) -> bytes:
         """Bytes for ``value``; ``TypeError`` names a part that cannot be sent."""
-        result: bytes = msgpack.packb(
-            value, default=self._packer_default, use_bin_type=True, strict_types=True
-        )
+        if self._packing:
+            # Re-entered (from a cattrs hook, say): the shared packer is busy.
+            nested: bytes = self._new_packer().pack(value)
+            return nested
+        self._packing = True
+        try:
+            result: bytes = self._packer.pack(value)
+        except BaseException:
+            # The packer may hold part of the value: start afresh.
+            self._packer = self._new_packer()
+            raise
+        finally:
+            self._packing = False
         return result
+
+    def pack(self, msg: Any, *, max_size: int | None = None) -> Packed:
+        """Encode a user message once, for :meth:`Member.broadcast`.
+
+        Raises ``TypeError`` or ``ValueError`` naming the part of ``msg``
+        that cannot cross the wire (``msg[1]``, ``msg['key']``, ``msg.field``)
+        and why, or, with ``max_size``, when the encoded message is longer.
+        """
+        try:
+            data = self.encode(msg)
+            if len(data) > _TRIAL_DECODE_OVER and type(msg) not in _SCALARS:
+                # Inside two arrays, as in a run of messages: the receivers
+                # decode it one level deeper than it was encoded.
+                self.decode(b"\x91\x91" + data)
+        except Exception as exc:
+            raise self._explain(msg, exc) from None
+        if max_size is not None and len(data) > max_size:
+            raise ValueError(
+                f"msg encodes to {len(data)} bytes, more than max_message_size={max_size} bytes"
+            )
+        return Packed(msg, data)
+
+    def _explain(self, msg: Any, exc: BaseException) -> Exception:
+        """The error :meth:`pack` raises: the first part of ``msg`` that fails."""
+        found = self._find_problem(msg)
+        if found is not None:
+            return found
+        if isinstance(exc, CodecError):
+            return ValueError(f"msg cannot be decoded by the receivers: {exc}")
+        if isinstance(exc, TypeError | ValueError):
+            return type(exc)(f"msg cannot be sent: {exc}")
+        return ValueError(f"msg cannot be sent: {type(exc).__name__}: {exc}")
+
+    def _find_problem(self, msg: Any) -> Exception | None:
+        """Walk ``msg`` depth first (without recursion) for a part that cannot cross."""
+        stack: list[tuple[Any, str, int]] = [(msg, "msg", 0)]
+        while stack:
+            value, path, depth = stack.pop()
+            if depth > MAX_NESTING:
+                return ValueError(f"msg is nested more than {MAX_NESTING} levels deep")
+            cls = type(value)
+            children: list[tuple[Any, str]] = []
+            if cls is int:
+                if not -(2**63) <= value < 2**64:
+                    return ValueError(
+                        f"{path}: the int {value} is outside what crosses the wire "
+                        "(-2**63 to 2**64 - 1); send it as a str or bytes"
+                    )
+            elif cls is str:
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return ValueError(
+                        f"{path}: the str has a lone surrogate {value[exc.start]!r} at index "
+                        f"{exc.start}, which UTF-8 cannot encode"
+                    )
+            elif cls in _SCALARS or cls in self._internal_tags or cls is Packed:
+                pass
+            elif cls is list or cls is tuple:
+                children = [(item, f"{path}[{index}]") for index, item in enumerate(value)]
+            elif cls is dict:
+                for key, item in value.items():
+                    children.append((key, f"{path} key {key!r}"))
+                    children.append((item, f"{path}[{key!r}]"))
+            elif cls in self._user_tags:
+                try:
+                    fields = self.converter.unstructure(value)
+                except Exception as exc:
+                    return ValueError(f"{path}: cattrs cannot unstructure it: {exc!r}")
+                if type(fields) is dict:
+                    children = [(item, f"{path}.{key}") for key, item in fields.items()]
+                else:
+                    children = [(fields, path)]
+            else:
+                return TypeError(
+                    f"{path}: a value of type {cls.__module__}.{cls.__qualname__} cannot be "
+                    "sent to another node: use msgpack types (None, bool, int, float, str, "
+                    "bytes, list, tuple, dict) or an attrs class registered with "
+                    "node.codec.register()"
+                )
+            stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
+        return None
 
     # -- decoding -----------------------------------------------------------
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
-        if code == EXT_TUPLE:
-            items = self.decode(data)
-            if type(items) is not list:
-                raise CodecError("a tuple extension must hold an array")
-            return tuple(items)
-        if code == EXT_INTERNAL:
-            parts = self.decode(data)
-            if type(parts) is not list or not parts or type(parts[0]) is not int:
-                raise CodecError("a message extension must hold [tag, fields...]")
-            tag = parts[0]
-            if not 0 <= tag < len(self._internal_classes):
-                raise CodecError(f"unknown message tag {tag}")
-            fields = self._internal_fields[tag]
-            if len(parts) - 1 != len(fields):
-                raise CodecError(
-                    f"{self._internal_classes[tag].__name__} takes {len(fields)} fields, "
-                    f"got {len(parts) - 1}"
-                )
-            try:
-                return self._internal_classes[tag](*parts[1:])
-            except (TypeError, ValueError) as exc:
-                raise CodecError(f"bad {self._internal_classes[tag].__name__}: {exc}") from exc
-        if code == EXT_USER:
-            parts = self.decode(data)
-            if type(parts) is not list or len(parts) != 2 or type(parts[0]) is not str:
-                raise CodecError("a user value extension must hold [name, value]")
-            cls = self._user_classes.get(parts[0])
-            if cls is None:
-                raise CodecError(f"no class registered under the wire name {parts[0]!r}")
-            try:
-                return self.converter.structure(parts[1], cls)
-            except Exception as exc:
-                raise CodecError(f"bad {parts[0]}: {exc}") from exc
+        if code == EXT_MARK:
+            mark = self._marks.get(data)
+            if mark is None:
+                raise CodecError(f"unknown marker {data!r}")
+            self._open_marks += 1
+            return mark
+        if code == EXT_PACKED_RUN:
+            return self._decode_run(data)
+        if code == EXT_PACKED:
+            return Packed(self.decode(data), data)
         raise CodecError(f"unknown msgpack extension type {code}")
+
+    def _list_hook(self, items: list[Any]) -> Any:
+        if not items:
+            return items
+        mark = items[0]
+        if type(mark) is not _Mark:
+            return items
+        self._open_marks -= 1
+        kind = mark.kind
+        if kind == _MARK_TUPLE:
+            del items[0]
+            return tuple(items)
+        if kind == _MARK_INTERNAL:
+            tag = mark.tag
+            fields = self._internal_fields[tag]
+            cls = self._internal_classes[tag]
+            if len(items) - 1 != len(fields):
+                raise CodecError(f"{cls.__name__} takes {len(fields)} fields, got {len(items) - 1}")
+            # Every field has its declared type before anything uses the value.
+            checker = self._internal_validators[tag]
+            if not checker.check(items):
+                raise CodecError(checker.explain(items))
+            try:
+                return cls(*items[1:])
+            except (TypeError, ValueError) as exc:
+                raise CodecError(f"bad {cls.__name__}: {exc}") from exc
+        if len(items) != 3 or type(items[1]) is not str:
+            raise CodecError("a user value must be [marker, name, value]")
+        user_cls = self._user_classes.get(items[1])
+        if user_cls is None:
+            raise CodecError(f"no class registered under the wire name {items[1]!r}")
+        try:
+            return self.converter.structure(items[2], user_cls)
+        except Exception as exc:
+            raise CodecError(f"bad {items[1]}: {exc}") from exc
+
+    def _decode_run(self, data: bytes) -> tuple[Packed, ...]:
+        # [lengths, message, message, ...]: the messages' bytes are the end
+        # of ``data``, one after the other, of these lengths.
+        items = self.decode(data)
+        if type(items) is not list or len(items) < 2 or type(items[0]) is not list:
+            raise CodecError("a run of messages must be [lengths, message, ...]")
+        lengths = items[0]
+        if len(lengths) != len(items) - 1:
+            raise CodecError(f"a run of {len(items) - 1} messages with {len(lengths)} lengths")
+        total = 0
+        for length in lengths:
+            if type(length) is not int or length < 1:
+                raise CodecError(f"a message length of {length!r} in a run")
+            total += length
+        start = len(data) - total
+        if start < 0:
+            raise CodecError("a run of messages longer than its extension")
+        run: list[Packed] = []
+        for length, value in zip(lengths, items[1:], strict=True):
+            end = start + length
+            run.append(Packed(value, data[start:end]))
+            start = end
+        return tuple(run)
 
     def decode(self, data: bytes) -> Any:
         """The value ``data`` encodes; ``CodecError`` if it is not one of ours."""
+        outer = self._open_marks
+        self._open_marks = 0
         try:
-            return msgpack.unpackb(
+            value = msgpack.unpackb(
                 data,
-                ext_hook=self._ext_hook,
+                ext_hook=self._ext_hook_ref,
+                list_hook=self._list_hook_ref,
                 raw=False,
                 strict_map_key=False,
                 use_list=True,
             )
+            if self._open_marks:
+                raise CodecError("a marker outside the head of an array")
+            return value
         except CodecError:
             raise
         except Exception as exc:
             raise CodecError(f"undecodable frame: {exc}") from exc
+        finally:
+            self._open_marks = outer

@@ -1,8 +1,16 @@
 """The frames nodes exchange: handshake, messages, calls, monitors.
 
-A frame on the wire is a 4-byte big-endian length then that many bytes of
-one encoded frame value (``codec``). Until the handshake is over only the
-handshake frames are accepted.
+Each frame is one value encoded by the ``codec``. A handshake frame goes on
+the wire as a 4-byte big-endian length then the encoded value (at most 4096
+bytes); until the handshake is over only the handshake frames are accepted.
+After the acceptor's ``Welcome`` every frame goes in records: a 5-byte
+header (1-byte kind, 4-byte big-endian length) then the body. Kind 0 is a
+whole frame; a frame above 256 KiB goes in chunks, kind 1 (more follow)
+then kind 2 (the last); kind 3, with no body, is a heartbeat and is the
+only record allowed between the chunks of a frame. ``tcp.wire_frame``
+makes the records of an encoded frame; the module docstring of ``tcp``
+says what the limits are. (``Heartbeat`` below is no longer sent, as
+heartbeats are records; it keeps its place so the tags stay the same.)
 
 Handshake (mutual challenge-response; the cookie itself is never sent)::
 

@@ -1,0 +1,372 @@
+"""What ``broadcast`` accepts on a networked node: encoded once, never dropped.
+
+Each scenario of issue 10's "Messages" part: a message that cannot cross
+the wire is refused at ``broadcast`` naming its part, a message too large is
+refused naming both sizes, batches are cut by encoded bytes, and large
+messages travel between nodes in order while heartbeats keep the link up.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import trio_gm
+from tests.gm_helpers import Events, Reporter
+from trio_gm._packed import Packed
+from trio_gm.actor import Actor, ActorContext
+from trio_gm.ring.members import calculate_activity, split_entries
+from trio_gm.ring.messages import ActivityEntry
+from trio_gm.ring.view import group_to_view
+from trio_gm.store import Group, GroupMember
+from trio_gm.transport.codec import Codec
+from trio_gm.transport.frames import Call
+from trio_gm.transport.tcp import UnsendableFrame, internal_classes, wire_frame
+
+from .rawpeer import RawPeer
+
+COOKIE = "wire-cookie"
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Collector(Reporter):
+    """A reporter that also wakes a waiter once ``count`` messages from ``sender`` arrived."""
+
+    def __init__(self, events: Events) -> None:
+        super().__init__(events)
+        self.got: dict[Any, list[Any]] = {}
+        self.changed = trio.Event()
+
+    def handle_msg(self, args: Any, sender: trio_gm.MemberId, msg: Any) -> None:
+        self.got.setdefault((args, sender), []).append(msg)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, key: Any, count: int, timeout: float = 30) -> list[Any]:
+        with trio.fail_after(timeout):
+            while len(self.got.get(key, [])) < count:
+                await self.changed.wait()
+        return self.got[key]
+
+
+@asynccontextmanager
+async def _two_members(
+    store: trio_gm.GroupStore, callbacks: Any, **node_kwargs: Any
+) -> AsyncIterator[tuple[trio_gm.Node, trio_gm.Node, trio_gm.Member, trio_gm.Member]]:
+    async with (
+        trio_gm.open_node(store, listen="127.0.0.1:0", cookie=COOKIE, **node_kwargs) as n1,
+        trio_gm.open_node(store, listen="127.0.0.1:0", cookie=COOKIE, **node_kwargs) as n2,
+        n1.open_member("g", callbacks, "a") as a,
+        n2.open_member("g", callbacks, "b") as b,
+    ):
+        yield n1, n2, a, b
+
+
+@pytest.mark.parametrize(
+    ("msg", "error", "match"),
+    [
+        (2**64, ValueError, r"^msg: the int 18446744073709551616 is outside"),
+        ([1, 2**64], ValueError, r"^msg\[1\]: the int"),
+        (-(2**63) - 1, ValueError, r"^msg: the int -9223372036854775809"),
+        ("\ud800", ValueError, r"^msg: the str has a lone surrogate '\\ud800' at index 0"),
+        ({"k": ("ok", "x\udfff")}, ValueError, r"^msg\['k'\]\[1\]: the str has a lone surrogate"),
+        ({("t",): {1, 2}}, TypeError, r"^msg\[\('t',\)\]: a value of type builtins\.set"),
+        (
+            [Color.RED],
+            TypeError,
+            r"^msg\[0\]: a value of type tests\.net\.test_wire_messages\.Color",
+        ),
+    ],
+)
+async def test_unencodable_broadcast_is_refused_naming_the_part(
+    sqlite_store: trio_gm.GroupStore, events: Events, msg: Any, error: type, match: str
+) -> None:
+    """Refused before anyone delivers it; the sender's later messages arrive with no gap."""
+    async with _two_members(sqlite_store, Reporter(events)) as (_n1, _n2, a, b):
+        await events.expect("members_changed", "a", [b.id], [])
+        await a.broadcast(1)
+        with pytest.raises(error, match=match):
+            await a.broadcast(msg)
+        with pytest.raises(error, match=match):
+            await a.confirmed_broadcast(msg)
+        await a.broadcast(2)
+        await a.confirmed_broadcast(3)
+        for who in "ab":
+            for expected in (1, 2, 3):
+                await events.expect("msg", who, a.id, expected)
+        events.log = [e for e in events.log if e[0] != "joined"]
+        events.assert_empty()
+
+
+async def test_deeply_nested_broadcast_is_refused(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    """Nesting the receivers' decoders could not undo is refused at broadcast.
+
+    Nesting they can undo crosses, tuples included (decoding does not
+    recurse in Python).
+    """
+
+    def nest(depth: int, leaf: Any, wrap: Any) -> Any:
+        for _ in range(depth):
+            leaf = wrap(leaf)
+        return leaf
+
+    async with _two_members(sqlite_store, Reporter(events)) as (_n1, _n2, a, _b):
+        for too_deep in (nest(1100, [], lambda x: [x]), nest(1022, (), lambda x: (x,))):
+            with pytest.raises(ValueError, match=r"^msg"):
+                await a.broadcast(too_deep)
+        deep = nest(400, ("leaf",), lambda x: (x,))
+        await a.confirmed_broadcast(deep)
+        await events.expect("msg", "b", a.id, deep)
+
+
+async def test_message_larger_than_max_message_size_is_refused_naming_both_sizes(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    async with _two_members(sqlite_store, Reporter(events), max_message_size=1000) as (
+        n1,
+        _n2,
+        a,
+        _b,
+    ):
+        assert n1.max_message_size == 1000
+        with pytest.raises(ValueError, match=r"1005 bytes, more than max_message_size=1000"):
+            await a.broadcast(b"x" * 1002)
+        with pytest.raises(ValueError, match=r"more than max_message_size=1000"):
+            await a.confirmed_broadcast(b"x" * 1002)
+        await a.confirmed_broadcast(b"x" * 990)
+        await events.expect("msg", "b", a.id, b"x" * 990)
+
+
+async def test_max_message_size_must_leave_room_in_a_frame(
+    sqlite_store: trio_gm.GroupStore,
+) -> None:
+    with pytest.raises(ValueError, match=r"between 1 and 512 bytes with max_frame_size=1024"):
+        async with trio_gm.open_node(
+            sqlite_store,
+            listen="127.0.0.1:0",
+            cookie=COOKIE,
+            max_frame_size=1024,
+            max_message_size=600,
+        ):
+            pass  # pragma: no cover
+    with pytest.raises(TypeError, match=r"max_message_size must be an int"):
+        async with trio_gm.open_node(
+            sqlite_store, listen="127.0.0.1:0", cookie=COOKIE, max_message_size=1.5
+        ):
+            pass  # pragma: no cover
+    async with trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE) as node:
+        assert node.max_message_size == 48 * 1024 * 1024
+
+
+async def test_batches_are_cut_by_encoded_bytes(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    """80 messages of 10 kB in one go, no size hints, a 64 kB frame limit: all arrive.
+
+    Without the cut they leave in one activity of about 800 kB, which the
+    receiver refuses: the link drops and the messages are lost.
+    """
+    collector = Collector(events)
+    payloads = [bytes([i]) * 10_000 for i in range(80)]
+    async with _two_members(sqlite_store, collector, max_frame_size=64 * 1024) as (
+        n1,
+        _n2,
+        a,
+        _b,
+    ):
+        for payload in payloads:
+            await a.broadcast(payload)
+        assert await collector.wait_for(("b", a.id), 80) == payloads
+        stats = n1.statistics()
+        assert stats is not None
+        assert stats.reconnects == 0
+        assert len(stats.peers) == 1
+        assert stats.frames_out >= 80 * 10_000 // (32 * 1024)
+
+
+@pytest.mark.slow
+async def test_large_messages_arrive_in_order_with_no_nodedown(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    """70 x 1 MB then one 40 MB message, heartbeats every 0.5 s: all in order, link up."""
+    collector = Collector(events)
+    payloads = [bytes([i]) * 1_000_000 for i in range(70)]
+    payloads.append(b"\xff" * 40_000_000)
+    async with _two_members(sqlite_store, collector, heartbeat_interval=0.5) as (
+        n1,
+        n2,
+        a,
+        b,
+    ):
+        for payload in payloads:
+            await a.broadcast(payload)
+        await a.confirmed_broadcast("done")
+        got = await collector.wait_for(("b", a.id), len(payloads) + 1, timeout=60)
+        assert len(got) == len(payloads) + 1
+        assert all(x == y for x, y in zip(got, payloads, strict=False))
+        assert got[-1] == "done"
+        for node in (n1, n2):
+            stats = node.statistics()
+            assert stats is not None
+            assert stats.reconnects == 0
+            assert len(stats.peers) == 1
+        assert a.alive
+        assert b.alive
+        assert await a.group_members() == sorted([a.id, b.id])
+
+
+@attrs.frozen
+class Counted:
+    text: str
+
+
+async def test_a_message_is_encoded_once_whatever_the_hops(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    """Three nodes in a ring: a user class is unstructured at broadcast only.
+
+    Members forward the bytes they got; none turns the message back into
+    bytes (cattrs would be called again if one did).
+    """
+    unstructured = 0
+
+    def unstructure(value: Counted) -> dict[str, Any]:
+        nonlocal unstructured
+        unstructured += 1
+        return {"text": value.text}
+
+    nodes = [trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE) for _ in range(3)]
+    collector = Collector(events)
+    async with nodes[0] as n1, nodes[1] as n2, nodes[2] as n3:
+        for node in (n1, n2, n3):
+            assert node.codec is not None
+            node.codec.register(Counted, name="Counted")
+            node.codec.converter.register_unstructure_hook(Counted, unstructure)
+        async with (
+            n1.open_member("g", collector, "a") as a,
+            n2.open_member("g", collector, "b") as b,
+            n3.open_member("g", collector, "c") as c,
+        ):
+            await a.confirmed_broadcast("warm up")
+            before = unstructured
+            for i in range(20):
+                await a.broadcast(Counted(f"m{i}"))
+            await a.confirmed_broadcast(Counted("last"))
+            for who in "abc":
+                got = await collector.wait_for((who, a.id), 22)
+                assert got[1:] == [Counted(f"m{i}") for i in range(20)] + [Counted("last")]
+            assert unstructured - before == 21
+            del b, c
+
+
+class _Blaster(Actor):
+    """Casts whatever it is told to to a remote actor id."""
+
+    def init(self, ctx: ActorContext) -> None:
+        self.ctx = ctx
+
+    def handle_cast(self, msg: Any) -> None:
+        to, payload = msg
+        self.ctx.cast(to, payload)
+
+
+async def test_a_frame_over_the_limit_stops_its_sender_loudly(
+    sqlite_store: trio_gm.GroupStore,
+) -> None:
+    """Never a silent drop: the actor that sends it crashes with UnsendableFrame."""
+    async with (
+        trio_gm.open_node(
+            sqlite_store, listen="127.0.0.1:0", cookie=COOKIE, max_frame_size=64 * 1024
+        ) as n1,
+        trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE) as n2,
+    ):
+        target = trio_gm.ActorId(n2.name, 1)
+
+        async def blast() -> None:
+            async with n1.actors.open_actor(_Blaster()) as blaster:
+                blaster.cast((target, b"x" * 100_000))
+                await trio.sleep_forever()
+
+        with pytest.raises(BaseExceptionGroup) as info:
+            await blast()
+        assert info.group_contains(UnsendableFrame, match=r"more than max_frame_size=65536")
+
+
+def _packed(codec: Codec, value: Any) -> Packed:
+    return codec.pack(value)
+
+
+def test_split_entries_keeps_order_numbers_and_acks() -> None:
+    codec = Codec(internal_classes())
+    p, q = trio_gm.ActorId("n:1#a", 1), trio_gm.ActorId("n:1#a", 2)
+    pubs = tuple(_packed(codec, bytes(100)) for _ in range(10))
+    entries = [
+        ActivityEntry(p, first=5, pubs=pubs, acks=3, ack_last=4),
+        ActivityEntry(q, acks=1, ack_last=7),
+        ActivityEntry(q, first=8, pubs=pubs[:2]),
+    ]
+    parts = split_entries(entries, 350)
+    assert all(sum(len(x.data) for e in part for x in e.pubs) <= 350 for part in parts)
+    flat = [entry for part in parts for entry in part]
+    # The same publications, numbered as before, and p's acks after its last piece.
+    p_pieces = [e for e in flat if e.publisher == p]
+    assert [x for e in p_pieces for x in e.pubs] == list(pubs)
+    assert [e.first for e in p_pieces] == [5 + 3 * i for i in range(len(p_pieces))]
+    assert [(e.acks, e.ack_last) for e in p_pieces[:-1]] == [(0, -1)] * (len(p_pieces) - 1)
+    assert (p_pieces[-1].acks, p_pieces[-1].ack_last) == (3, 4)
+    assert [e for e in flat if e.publisher == q] == entries[1:]
+    # A budget that holds everything leaves the entries as they are.
+    assert split_entries(entries, 10**9) == [entries]
+
+
+def test_split_entries_processed_in_order_is_the_whole() -> None:
+    """calculate_activity over the parts, one after another, equals over the whole."""
+    codec = Codec(internal_classes())
+    me, p = trio_gm.ActorId("n:1#a", 1), trio_gm.ActorId("n:1#a", 2)
+    group = Group("g", 1, (GroupMember(me), GroupMember(p)))
+    view = group_to_view(group)
+    pubs = tuple(_packed(codec, bytes([i]) * 100) for i in range(9))
+    entries = [ActivityEntry(p, first=0, pubs=pubs, acks=2, ack_last=1)]
+
+    whole_state: dict[Any, Any] = {}
+    whole_out, _ = calculate_activity(whole_state, entries, me, view)
+    parts_state: dict[Any, Any] = {}
+    parts_out: list[ActivityEntry] = []
+    for part in split_entries(entries, 250):
+        out, _ = calculate_activity(parts_state, part, me, view)
+        parts_out.extend(out)
+    assert len(parts_out) > 1
+    assert repr(parts_state) == repr(whole_state)
+    assert [x for e in parts_out for x in e.pubs] == [x for e in whole_out for x in e.pubs]
+
+
+@pytest.mark.parametrize("request_", ["info", "statistics", "group_members", "no such call", 7])
+async def test_a_call_from_another_node_other_than_a_join_is_ignored(
+    sqlite_store: trio_gm.GroupStore, events: Events, request_: Any
+) -> None:
+    """An authenticated peer asking a member for its info (whose reply holds the
+    callbacks object, which cannot cross) or anything unknown gets no answer,
+    and the member carries on."""
+    async with _two_members(sqlite_store, Reporter(events)) as (n1, _n2, a, b):
+        peer = await RawPeer.connect(n1, "127.0.0.1:1#rawcaller", COOKIE)
+        async with peer.stream:
+            await peer.stream.send_all(wire_frame(peer.codec.encode(Call(a.id, request_, 1))))
+            # A round trip through the same connection: the call was handled.
+            await peer.stream.send_all(
+                wire_frame(peer.codec.encode(Call(trio_gm.ActorId(n1.name, 10**6), "x", 2)))
+            )
+            await a.confirmed_broadcast("still here")
+            await events.expect("msg", "b", a.id, "still here")
+            assert a.alive
+            assert b.alive
