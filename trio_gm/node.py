@@ -370,7 +370,8 @@ async def open_node(
 
     What a peer can cost this node is bounded. ``max_send_queue`` (bytes,
     default four times ``max_frame_size`` and at least 256 MiB, so a burst
-    of broadcasts does not trip it; no less than ``max_frame_size``) bounds what waits to be sent to one peer;
+    of broadcasts does not trip it; no less than ``max_frame_size``) bounds
+    what waits to be sent to one peer;
     a peer whose queue outgrows it, or whose socket takes nothing of it for
     ``heartbeat_interval`` seconds (it stopped reading), is declared down,
     as Erlang's net_ticktime does: sends never block the ring.

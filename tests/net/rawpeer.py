@@ -52,19 +52,29 @@ class RawPeer:
     async def connect(cls, node: trio_gm.Node, name: str, cookie: str | bytes) -> RawPeer:
         """Dial ``node`` as the node ``name`` and prove we know ``cookie``."""
         assert node.address is not None
+        return await cls.dial(node.address, name, cookie)
+
+    @classmethod
+    async def dial(cls, address: str, name: str, cookie: str | bytes) -> RawPeer:
+        """Dial the node at ``address`` (``host:port``, in this process or
+        another) as the node ``name`` and prove we know ``cookie``."""
         secret = cookie.encode() if isinstance(cookie, str) else cookie
-        host, port = node.address.rsplit(":", 1)
+        host, port = address.rsplit(":", 1)
         stream = await trio.open_tcp_stream(host, int(port))
-        codec = Codec(internal_classes())
-        nonce = secrets.token_bytes(16)
-        await stream.send_all(handshake_frame(codec, Hello(name, nonce)))
-        buffer = bytearray()
-        challenge = await read_handshake_frame(stream, buffer, codec)
-        assert type(challenge) is Challenge, challenge
-        proof = _proof(secret, b"dialer", challenge.nonce, nonce, name, challenge.name)
-        await stream.send_all(handshake_frame(codec, Response(proof)))
-        welcome = await read_handshake_frame(stream, buffer, codec)
-        assert type(welcome) is Welcome, welcome
+        try:
+            codec = Codec(internal_classes())
+            nonce = secrets.token_bytes(16)
+            await stream.send_all(handshake_frame(codec, Hello(name, nonce)))
+            buffer = bytearray()
+            challenge = await read_handshake_frame(stream, buffer, codec)
+            assert type(challenge) is Challenge, challenge
+            proof = _proof(secret, b"dialer", challenge.nonce, nonce, name, challenge.name)
+            await stream.send_all(handshake_frame(codec, Response(proof)))
+            welcome = await read_handshake_frame(stream, buffer, codec)
+            assert type(welcome) is Welcome, welcome
+        except BaseException:
+            await stream.aclose()
+            raise
         return cls(stream, name, challenge.name)
 
     async def beat_forever(self, every: float) -> None:

@@ -683,10 +683,31 @@ def right(hint: Any) -> st.SearchStrategy[Any]:
     return instances(hint)
 
 
+def _packable(value: Any) -> bool:
+    try:
+        CODEC.pack(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+#: A run of packed messages, as the fields declared PACKED hold on the wire.
+PACKED_RUNS: st.SearchStrategy[Any] = st.lists(
+    PAYLOADS.filter(_packable), max_size=3
+).map(lambda values: tuple(CODEC.pack(value) for value in values))
+
+
+def right_field(cls: type, name: str, hint: Any) -> st.SearchStrategy[Any]:
+    """Values that match field ``name`` of ``cls`` (a run, for a PACKED field)."""
+    if attrs.fields_dict(cls)[name].metadata.get("trio_gm.packed"):
+        return PACKED_RUNS
+    return right(hint)
+
+
 @functools.cache
 def instances(cls: type) -> st.SearchStrategy[Any]:
     """Well-typed instances of the attrs class ``cls``."""
-    fields = {name: right(hint) for name, hint in _hints(cls)}
+    fields = {name: right_field(cls, name, hint) for name, hint in _hints(cls)}
     if cls is Group:  # its ring holds each member id once
         fields["members"] = st.lists(
             instances(GroupMember), max_size=3, unique_by=lambda m: m.id
@@ -740,7 +761,7 @@ def test_every_wire_class_and_field_is_covered() -> None:
 
 
 def _wrong_field_is_refused(cls: type, name: str) -> Callable[[], None]:
-    strategies = [wrong(h) if n == name else right(h) for n, h in _hints(cls)]
+    strategies = [wrong(h) if n == name else right_field(cls, n, h) for n, h in _hints(cls)]
 
     @settings(
         max_examples=25,

@@ -317,7 +317,7 @@ def test_split_entries_keeps_order_numbers_and_acks() -> None:
         ActivityEntry(q, first=8, pubs=pubs[:2]),
     ]
     parts = split_entries(entries, 350)
-    assert all(sum(len(x.data) for e in part for x in e.pubs) <= 350 for part in parts)
+    assert all(sum(len(x[1]) for e in part for x in e.pubs) <= 350 for part in parts)
     flat = [entry for part in parts for entry in part]
     # The same publications, numbered as before, and p's acks after its last piece.
     p_pieces = [e for e in flat if e.publisher == p]

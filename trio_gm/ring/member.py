@@ -139,7 +139,8 @@ class MemberStatistics:
 @attrs.frozen
 class _ConfirmedBroadcast:
     msg: Any
-    #: ``msg`` encoded at the owner's call, on a node with a network side.
+    #: ``(msg, its bytes)``, encoded at the owner's call, on a node with a
+    #: network side.
     packed: Packed | None = None
 
 
@@ -247,8 +248,9 @@ class MemberActor(Actor):
         #: Broadcasts the owner handed over, not yet handled here. Handing
         #: them over through a list, with one wake-up message per batch,
         #: keeps a broadcast down to a list append.
-        #: Each is ``(msg, wire, size_hint)``: ``wire`` is the :class:`Packed`
-        #: form of ``msg`` on a networked node, else ``msg`` itself.
+        #: Each is ``(msg, wire, size_hint)``: ``wire`` is what the ring
+        #: carries, the :data:`~trio_gm._packed.Packed` pair of ``msg`` on a
+        #: node with a network side, else ``msg`` itself.
         self.incoming: list[tuple[Any, Any, int]] = []
         #: Number of this member's last publication acknowledged (or dropped
         #: because it was left alone): everything after it is in flight.
@@ -533,7 +535,7 @@ class MemberActor(Actor):
                     if budget is not None and wire is not msg:
                         # Cut batches by encoded bytes: no activity may
                         # exceed the frame budget, whatever the size hints.
-                        size = len(wire.data)
+                        size = len(wire[1])
                         if buffer and self.buffer_bytes + size > budget:
                             self._flush()
                             buffer = self.buffer
@@ -699,14 +701,16 @@ class MemberActor(Actor):
         This loop is the per-message cost of a member: keep it to the call.
         """
         handle_msg, args = self.callbacks.handle_msg, self.args
+        # With a network side publications are (value, bytes) pairs.
+        packed = self.max_batch_bytes is not None
         for entry in entries:
             pubs = entry.pubs
             if not pubs:
                 continue
             sender = entry.publisher
             for index, msg in enumerate(pubs):
-                if type(msg) is Packed:
-                    msg = msg.value
+                if packed:
+                    msg = msg[0]
                 result = handle_msg(args, sender, msg)
                 if result is None:
                     continue

@@ -20,20 +20,23 @@ from typing import Any
 import attrs
 
 from .._ids import MemberId
+from .._packed import PACKED
 
 
 @attrs.frozen
 class ActivityEntry:
     """What happened to one publisher's messages: new publications, then acks.
 
-    ``pubs`` are publications numbered ``first``, ``first + 1``, ...;
+    ``pubs`` are publications numbered ``first``, ``first + 1``, ...
+    (each a ``(value, bytes)`` pair on a node with a network side: see
+    ``trio_gm._packed``);
     ``acks`` acknowledgements retire that many of the oldest pending
     publications, the last of them numbered ``ack_last``.
     """
 
     publisher: MemberId
     first: int = 0
-    pubs: tuple[Any, ...] = ()
+    pubs: tuple[Any, ...] = attrs.field(default=(), metadata=PACKED)
     acks: int = 0
     ack_last: int = -1
 
@@ -56,7 +59,7 @@ class MemberSnapshot:
     """
 
     pending_first: int
-    pending: tuple[Any, ...]
+    pending: tuple[Any, ...] = attrs.field(metadata=PACKED)
     last_pub: int
     last_ack: int
 

@@ -14,17 +14,19 @@ What can cross a node boundary:
 A user message is encoded once, at ``broadcast`` (:meth:`Codec.pack`):
 anything that cannot cross is refused there with a ``TypeError`` or
 ``ValueError`` naming its part, and what is accepted travels as those bytes
-(a :class:`~trio_gm._packed.Packed`) through every hop.
+(a ``(value, bytes)`` pair, :data:`~trio_gm._packed.Packed`) through every
+hop.
 
 The wire form. A tuple, an internal value or a user value is a msgpack
 array whose first item is a *marker* (a 1- or 2-byte extension value): the
 tuple marker then the items; an internal class's marker (carrying its tag)
 then its fields in declaration order (the field order is the wire format);
 the user marker, the wire name, then the dict cattrs makes of the value. A
-:class:`Packed` message is an extension holding its bytes, and a run of
-them (the publications of one activity entry) one extension holding an
-array: their lengths, then the messages (their bytes, end to end), so a
-receiver decodes them in one pass and keeps each one's bytes to forward.
+field declared to hold packed messages (``trio_gm._packed.PACKED``: the
+publications of an activity entry, the pending messages of a snapshot) is,
+when not empty, one extension holding an array: their lengths, then the
+messages (their bytes, end to end), so a receiver decodes them in one pass
+and keeps each one's bytes to forward; such a field holds nothing else.
 Everything else is inline in one msgpack document, so neither side copies
 nested values' bytes, and decoding is bottom-up with no recursion in
 Python: a marked array becomes its value (``list_hook``) once
@@ -36,6 +38,7 @@ the head of an array is refused.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 from typing import Any, Final
 
 import attrs
@@ -43,14 +46,13 @@ import cattrs.preconf.msgpack
 import msgpack
 
 from .._ids import ActorId
-from .._packed import Packed
+from .._packed import PACKED, Packed
 from .validate import Validator, validator
 
 #: The extension code of markers (the head of a tuple, internal or user array).
 EXT_MARK: Final = 1
-#: One user message, encoded once at ``broadcast`` (:class:`Packed`).
-EXT_PACKED: Final = 4
-#: A run of :class:`Packed` messages (a tuple of them): their bytes, end to end.
+#: A run of packed messages (a field declared ``PACKED``): their lengths,
+#: then their bytes, end to end.
 EXT_PACKED_RUN: Final = 5
 
 _MARK_TUPLE: Final = 0
@@ -67,6 +69,8 @@ MAX_NESTING: Final = 500
 _TRIAL_DECODE_OVER: Final = 200
 
 _SCALARS: Final = (type(None), bool, int, float, str, bytes)
+#: A decoded message this long keeps a view of the bytes it came in.
+_VIEW_OVER: Final = 65536
 
 
 class CodecError(ValueError):
@@ -76,6 +80,15 @@ class CodecError(ValueError):
 def _ext(code: int, data: bytes) -> Any:
     # ExtType's own constructor checks its arguments in Python: these are ours.
     return tuple.__new__(msgpack.ExtType, (code, data))
+
+
+class _Run:
+    """A decoded run of packed messages, until the field it fills takes it."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: tuple[Packed, ...]) -> None:
+        self.pairs = pairs
 
 
 class _Mark:
@@ -100,6 +113,8 @@ class Codec:
         self._internal_validators: list[Validator] = []
         #: The marker each internal class's arrays start with, by tag.
         self._internal_marks: list[Any] = []
+        #: The indexes of the fields holding packed messages, by tag.
+        self._packed_fields: list[tuple[int, ...]] = []
         self._user_tags: dict[type, str] = {}
         self._user_classes: dict[str, type] = {}
         #: Decoded markers by their bytes.
@@ -133,6 +148,10 @@ class Codec:
         self._marks[bytes([_MARK_INTERNAL, tag])] = _Mark(_MARK_INTERNAL, tag)
         self._internal_classes.append(cls)
         self._internal_fields.append(tuple(f.name for f in attrs.fields(cls)))
+        key = next(iter(PACKED))
+        self._packed_fields.append(
+            tuple(i for i, f in enumerate(attrs.fields(cls)) if f.metadata.get(key))
+        )
         self._internal_validators.append(validator(cls))
 
     def register(self, cls: type, *, name: str | None = None) -> None:
@@ -179,31 +198,37 @@ class Codec:
 
     def _default(self, value: Any) -> Any:
         cls = type(value)
-        if cls is Packed:
-            return _ext(EXT_PACKED, value.data)
         if cls is tuple:
-            if value and type(value[0]) is Packed:
-                try:
-                    parts = [item.data for item in value]
-                except AttributeError:
-                    pass  # not all of them are Packed: item by item
-                else:
-                    aux = self._aux_packer
-                    head = aux.pack_array_header(len(parts) + 1)
-                    lengths = aux.pack([len(part) for part in parts])
-                    return _ext(EXT_PACKED_RUN, b"".join([head, lengths, *parts]))
             return [self._tuple_mark, *value]
         tag = self._internal_tags.get(cls)
         if tag is not None:
-            return [
+            items = [
                 self._internal_marks[tag],
                 *[getattr(value, f) for f in self._internal_fields[tag]],
             ]
+            for index in self._packed_fields[tag]:
+                run = items[index + 1]
+                if run and type(run) is tuple:  # (else the receiver refuses it)
+                    items[index + 1] = self._run_ext(run)
+            return items
         user_tag = self._user_tags.get(cls)
         if user_tag is not None:
             return [self._user_mark, user_tag, self.converter.unstructure(value)]
         self.check(value)  # raises, naming the type
         raise TypeError(f"cannot encode {value!r}")  # pragma: no cover
+
+    def _run_ext(self, run: Any) -> Any:
+        """The extension of a run of packed messages: lengths, then bytes."""
+        try:
+            parts = [pair[1] for pair in run]
+            aux = self._aux_packer
+            head = aux.pack_array_header(len(parts) + 1)
+            lengths = aux.pack([len(part) for part in parts])
+            return _ext(EXT_PACKED_RUN, b"".join([head, lengths, *parts]))
+        except (TypeError, IndexError) as exc:
+            raise TypeError(
+                "a field of packed messages holds something else than (value, bytes) pairs"
+            ) from exc
 
     def _new_packer(self) -> Any:
         return msgpack.Packer(default=self._default_hook, use_bin_type=True, strict_types=True)
@@ -233,7 +258,17 @@ class Codec:
         and why, or, with ``max_size``, when the encoded message is longer.
         """
         try:
-            data = self.encode(msg)
+            if self._packing:
+                data = self.encode(msg)
+            else:  # encode(), inlined: this is the cost of every broadcast
+                self._packing = True
+                try:
+                    data = self._packer.pack(msg)
+                except BaseException:
+                    self._packer = self._new_packer()
+                    raise
+                finally:
+                    self._packing = False
             if len(data) > _TRIAL_DECODE_OVER and type(msg) not in _SCALARS:
                 # Inside two arrays, as in a run of messages: the receivers
                 # decode it one level deeper than it was encoded.
@@ -244,7 +279,7 @@ class Codec:
             raise ValueError(
                 f"msg encodes to {len(data)} bytes, more than max_message_size={max_size} bytes"
             )
-        return Packed(msg, data)
+        return (msg, data)
 
     def _explain(self, msg: Any, exc: BaseException) -> Exception:
         """The error :meth:`pack` raises: the first part of ``msg`` that fails."""
@@ -280,7 +315,7 @@ class Codec:
                         f"{path}: the str has a lone surrogate {value[exc.start]!r} at index "
                         f"{exc.start}, which UTF-8 cannot encode"
                     )
-            elif cls in _SCALARS or cls in self._internal_tags or cls is Packed:
+            elif cls in _SCALARS or cls in self._internal_tags:
                 pass
             elif cls is list or cls is tuple:
                 children = [(item, f"{path}[{index}]") for index, item in enumerate(value)]
@@ -317,9 +352,9 @@ class Codec:
             self._open_marks += 1
             return mark
         if code == EXT_PACKED_RUN:
-            return self._decode_run(data)
-        if code == EXT_PACKED:
-            return Packed(self.decode(data), data)
+            run = _Run(self._decode_run(data))
+            self._open_marks += 1  # until the field it fills takes it
+            return run
         raise CodecError(f"unknown msgpack extension type {code}")
 
     def _list_hook(self, items: list[Any]) -> Any:
@@ -339,6 +374,16 @@ class Codec:
             cls = self._internal_classes[tag]
             if len(items) - 1 != len(fields):
                 raise CodecError(f"{cls.__name__} takes {len(fields)} fields, got {len(items) - 1}")
+            for index in self._packed_fields[tag]:
+                run = items[index + 1]
+                if type(run) is _Run:
+                    items[index + 1] = run.pairs
+                    self._open_marks -= 1
+                elif run != ():
+                    raise CodecError(
+                        f"{cls.__name__}.{fields[index]}: expected a run of packed "
+                        f"messages, got {type(run).__name__}"
+                    )
             # Every field has its declared type before anything uses the value.
             checker = self._internal_validators[tag]
             if not checker.check(items):
@@ -374,12 +419,23 @@ class Codec:
         start = len(data) - total
         if start < 0:
             raise CodecError("a run of messages longer than its extension")
-        run: list[Packed] = []
-        for length, value in zip(lengths, items[1:], strict=True):
-            end = start + length
-            run.append(Packed(value, data[start:end]))
-            start = end
-        return tuple(run)
+        ends = list(accumulate(lengths, initial=start))
+        del items[0]
+        if max(lengths) < _VIEW_OVER:
+            return tuple(
+                [
+                    (value, data[begin:end])
+                    for value, begin, end in zip(items, ends, ends[1:], strict=False)
+                ]
+            )
+        # A large message keeps a view of the run's bytes, not a copy.
+        view = memoryview(data)
+        return tuple(
+            [
+                (value, (data if end - begin < _VIEW_OVER else view)[begin:end])
+                for value, begin, end in zip(items, ends, ends[1:], strict=False)
+            ]
+        )
 
     def decode(self, data: bytes) -> Any:
         """The value ``data`` encodes; ``CodecError`` if it is not one of ours."""
@@ -395,7 +451,7 @@ class Codec:
                 use_list=True,
             )
             if self._open_marks:
-                raise CodecError("a marker outside the head of an array")
+                raise CodecError("a marker or run outside its place")
             return value
         except CodecError:
             raise

@@ -192,6 +192,8 @@ MIN_DEFAULT_SEND_QUEUE: Final = 256 * 1024 * 1024
 def default_send_queue(max_frame_size: int) -> int:
     """``max_send_queue`` unless given: four frame budgets, at least 256 MiB."""
     return max(MIN_DEFAULT_SEND_QUEUE, SEND_QUEUE_FRAMES * max_frame_size)
+
+
 #: ``accept`` errors that mean "out of descriptors or memory, for now".
 _ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
