@@ -139,7 +139,9 @@ class Member:
         message that cannot cross the wire, or that encodes to more than the
         node's ``max_message_size``, raises ``TypeError`` or ``ValueError``
         naming the part (``msg[1]``, ``msg['key']``) and why, and nobody
-        receives it. What is accepted travels as these bytes.
+        receives it. What is accepted travels as these bytes (a ``bytearray``
+        arrives as ``bytes``), and buffered messages also go once they pass
+        1 MiB encoded, whatever the hints say.
         """
         if size_hint.__class__ is not int or size_hint < 0:
             raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")

@@ -216,7 +216,9 @@ class MemberActor(Actor):
         self.args = args
         self.store = store
         self.max_in_flight = max_in_flight
-        #: Encoded bytes one activity may carry (None: no network, no bound).
+        #: Encoded bytes of messages one activity may carry. None means no
+        #: network side: no bound, and messages travel as they are; else
+        #: they travel as ``(value, bytes)`` pairs (``trio_gm._packed``).
         self.max_batch_bytes = max_batch_bytes
         self._io_factory = io_factory
         self.io: RingIO
