@@ -692,9 +692,9 @@ def _packable(value: Any) -> bool:
 
 
 #: A run of packed messages, as the fields declared PACKED hold on the wire.
-PACKED_RUNS: st.SearchStrategy[Any] = st.lists(
-    PAYLOADS.filter(_packable), max_size=3
-).map(lambda values: tuple(CODEC.pack(value) for value in values))
+PACKED_RUNS: st.SearchStrategy[Any] = st.lists(PAYLOADS.filter(_packable), max_size=3).map(
+    lambda values: tuple(CODEC.pack(value) for value in values)
+)
 
 
 def right_field(cls: type, name: str, hint: Any) -> st.SearchStrategy[Any]:

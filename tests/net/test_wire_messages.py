@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
+import msgpack
 import pytest
 import trio
 
@@ -25,8 +26,8 @@ from trio_gm.ring.members import calculate_activity, split_entries
 from trio_gm.ring.messages import ActivityEntry
 from trio_gm.ring.view import group_to_view
 from trio_gm.store import Group, GroupMember
-from trio_gm.transport.codec import Codec
-from trio_gm.transport.frames import Call
+from trio_gm.transport.codec import EXT_PACKED_RUN, Codec, CodecError
+from trio_gm.transport.frames import Call, Send
 from trio_gm.transport.tcp import UnsendableFrame, internal_classes, wire_frame
 
 from .rawpeer import RawPeer
@@ -370,3 +371,47 @@ async def test_a_call_from_another_node_other_than_a_join_is_ignored(
             await events.expect("msg", "b", a.id, "still here")
             assert a.alive
             assert b.alive
+
+
+def _run_ext(payload: list[Any], tail: bytes = b"") -> Any:
+    return msgpack.ExtType(EXT_PACKED_RUN, msgpack.packb(payload) + tail)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "values", "tail"),
+    [
+        ([1, 1], [1], b"\x01"),  # two lengths, one message
+        ([0], [1], b""),  # a length below 1
+        (["x"], [1], b"\x01"),  # a length that is no number
+        ([1.5], [1], b"\x01"),
+        ([10**6], [1], b"\x01"),  # longer than the extension
+        ([], [], b""),  # an empty run
+    ],
+)
+def test_a_malformed_run_of_messages_is_a_codec_error(
+    lengths: list[Any], values: list[Any], tail: bytes
+) -> None:
+    codec = Codec(internal_classes())
+    me = trio_gm.ActorId("n:1#a", 1)
+    good = codec.encode(ActivityEntry(me, first=0, pubs=(codec.pack(1),)))
+    assert codec.decode(good) == ActivityEntry(me, first=0, pubs=(codec.pack(1),))
+    # The same entry with its run replaced by a hand-made one.
+    decoded = msgpack.unpackb(good, raw=False)
+    decoded[3] = _run_ext([lengths, *values], tail)
+    with pytest.raises(CodecError):
+        codec.decode(msgpack.packb(decoded))
+
+
+def test_a_run_of_messages_only_fills_a_field_declared_for_it() -> None:
+    """Anywhere else (a user payload) it is refused, and such a field holds nothing else."""
+    codec = Codec(internal_classes())
+    me = trio_gm.ActorId("n:1#a", 1)
+    run = codec.encode(ActivityEntry(me, first=0, pubs=(codec.pack(1),)))
+    decoded = msgpack.unpackb(run, raw=False)
+    send = msgpack.unpackb(codec.encode(Send(me, False, "payload")), raw=False)
+    send[3] = decoded[3]  # the run, as the message of a Send
+    with pytest.raises(CodecError, match="outside its place"):
+        codec.decode(msgpack.packb(send))
+    decoded[3] = msgpack.unpackb(codec.encode(((1, b"\x01"),)), raw=False)  # a plain tuple
+    with pytest.raises(CodecError, match=r"ActivityEntry\.pubs: expected a run of packed"):
+        codec.decode(msgpack.packb(decoded))

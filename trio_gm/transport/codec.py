@@ -38,7 +38,8 @@ the head of an array is refused.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from itertools import accumulate
+from itertools import accumulate, islice
+from operator import itemgetter
 from typing import Any, Final
 
 import attrs
@@ -69,6 +70,7 @@ MAX_NESTING: Final = 500
 _TRIAL_DECODE_OVER: Final = 200
 
 _SCALARS: Final = (type(None), bool, int, float, str, bytes)
+_second: Final = itemgetter(1)
 #: A decoded message this long keeps a view of the bytes it came in.
 _VIEW_OVER: Final = 65536
 
@@ -220,10 +222,10 @@ class Codec:
     def _run_ext(self, run: Any) -> Any:
         """The extension of a run of packed messages: lengths, then bytes."""
         try:
-            parts = [pair[1] for pair in run]
+            parts = list(map(_second, run))
             aux = self._aux_packer
             head = aux.pack_array_header(len(parts) + 1)
-            lengths = aux.pack([len(part) for part in parts])
+            lengths = aux.pack(list(map(len, parts)))
             return _ext(EXT_PACKED_RUN, b"".join([head, lengths, *parts]))
         except (TypeError, IndexError) as exc:
             raise TypeError(
@@ -411,23 +413,19 @@ class Codec:
         lengths = items[0]
         if len(lengths) != len(items) - 1:
             raise CodecError(f"a run of {len(items) - 1} messages with {len(lengths)} lengths")
-        total = 0
-        for length in lengths:
-            if type(length) is not int or length < 1:
-                raise CodecError(f"a message length of {length!r} in a run")
-            total += length
-        start = len(data) - total
+        # (Lengths of another type fail in sum() or in slicing, which decode()
+        # turns into a CodecError: no check per message in Python.)
+        if min(lengths) < 1:
+            raise CodecError("a message length below 1 in a run")
+        start = len(data) - sum(lengths)
         if start < 0:
             raise CodecError("a run of messages longer than its extension")
         ends = list(accumulate(lengths, initial=start))
         del items[0]
         if max(lengths) < _VIEW_OVER:
-            return tuple(
-                [
-                    (value, data[begin:end])
-                    for value, begin, end in zip(items, ends, ends[1:], strict=False)
-                ]
-            )
+            # All in C: the slices, then the (value, bytes) pairs.
+            pieces = map(data.__getitem__, map(slice, ends, islice(ends, 1, None)))
+            return tuple(zip(items, pieces, strict=False))
         # A large message keeps a view of the run's bytes, not a copy.
         view = memoryview(data)
         return tuple(
