@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import attrs
 import trio
 
 import trio_gm
@@ -90,3 +91,12 @@ class RawPeer:
                 pass
         except trio.BrokenResourceError:
             pass
+
+
+def raw_internal(codec: Codec, cls: type, fields: list[Any]) -> bytes:
+    """An encoded ``cls`` with exactly these field values, which its constructor
+    might refuse: the instance is made without it, and encoded as any other."""
+    value = object.__new__(cls)
+    for field, item in zip(attrs.fields(cls), fields, strict=True):
+        object.__setattr__(value, field.name, item)
+    return codec.encode(value)

@@ -30,7 +30,9 @@ from hypothesis import strategies as st
 
 import trio_gm
 from tests.gm_helpers import Events, Reporter
-from trio_gm.actor import Actor, ActorContext, Down, From, MonitorRef, Reply
+from tests.net.echo import Echo
+from tests.net.rawpeer import raw_internal
+from trio_gm.actor import Down, MonitorRef
 from trio_gm.store import Group, GroupMember
 from trio_gm.transport import tcp
 from trio_gm.transport.codec import Codec, CodecError
@@ -69,15 +71,6 @@ def frame_bytes(data: bytes, *, after_handshake: bool = False) -> bytes:
     if after_handshake:
         return tcp.wire_frame(data)
     return tcp._LENGTH.pack(len(data)) + data
-
-
-def raw_internal(codec: Codec, cls: type, fields: list[Any]) -> bytes:
-    """An encoded ``cls`` with exactly these field values, which its constructor
-    might refuse: the instance is made without it, and encoded as any other."""
-    value = object.__new__(cls)
-    for field, item in zip(attrs.fields(cls), fields, strict=True):
-        object.__setattr__(value, field.name, item)
-    return codec.encode(value)
 
 
 class RawPeer:
@@ -153,33 +146,6 @@ class RawPeer:
 
 
 # -- a node to attack, and proof that it still serves ---------------------------------
-
-
-class Echo(Actor):
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-        self.changed = trio.Event()
-
-    def init(self, ctx: ActorContext) -> None:
-        self.ctx = ctx
-
-    def handle_call(self, request: Any, from_: From) -> Reply:
-        return Reply(("echo", request))
-
-    def handle_cast(self, msg: Any) -> None:
-        self.seen.append(msg)
-        self.changed.set()
-
-    handle_info = handle_cast
-
-    async def wait_for(self, predicate: Callable[[Any], bool]) -> Any:
-        with trio.fail_after(10):
-            while True:
-                for item in self.seen:
-                    if predicate(item):
-                        return item
-                await self.changed.wait()
-                self.changed = trio.Event()
 
 
 @attrs.define

@@ -22,8 +22,9 @@ import trio
 import trio.testing
 
 import trio_gm
+from tests.net.echo import Echo
 from tests.net.rawpeer import RawPeer, handshake_frame
-from trio_gm.actor import Actor, ActorContext, ActorNode, Down, From, Reply
+from trio_gm.actor import ActorNode, Down
 from trio_gm.transport.codec import Codec
 from trio_gm.transport.frames import Hello, Send
 from trio_gm.transport.tcp import (
@@ -42,39 +43,6 @@ from trio_gm.transport.tcp import (
 COOKIE = "limits-cookie"
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Echo(Actor):
-    """Answers calls; records casts (as their size when they are bytes) and infos."""
-
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-        self.changed = trio.Event()
-
-    def init(self, ctx: ActorContext) -> None:
-        self.ctx = ctx
-
-    def handle_call(self, request: Any, from_: From) -> Reply:
-        return Reply(("echo", request))
-
-    def _record(self, msg: Any) -> None:
-        if isinstance(msg, bytes):
-            msg = ("bytes", len(msg))
-        elif isinstance(msg, tuple) and len(msg) == 2 and isinstance(msg[1], bytes):
-            msg = (msg[0], len(msg[1]))
-        self.seen.append(msg)
-        self.changed.set()
-
-    handle_cast = handle_info = _record
-
-    async def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 10) -> Any:
-        with trio.fail_after(timeout):
-            while True:
-                for item in self.seen:
-                    if predicate(item):
-                        return item
-                self.changed = trio.Event()
-                await self.changed.wait()
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -228,7 +196,7 @@ async def test_connections_beyond_the_handshake_cap_are_closed_and_slowloris_tim
     async with (
         open_(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE, max_handshakes=cap) as a,
         open_(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE) as b,
-        a.actors.open_actor(Echo()) as echo,
+        a.actors.open_actor(Echo(sizes=True)) as echo,
         trio.open_nursery() as nursery,
     ):
         ta = transport_of(a)
@@ -334,7 +302,7 @@ async def test_a_peer_that_stops_reading_is_declared_down(
             heartbeat_interval=interval,
             **limits,
         ) as a,
-        a.actors.open_actor(behaviour := Echo()),
+        a.actors.open_actor(behaviour := Echo(sizes=True)),
         trio.open_nursery() as nursery,
     ):
         ta = transport_of(a)
@@ -390,7 +358,7 @@ async def test_frames_waiting_for_a_dial_are_bounded(
             max_frame_size=2 * MiB,
             max_send_queue=8 * MiB,
         ) as a,
-        a.actors.open_actor(behaviour := Echo()),
+        a.actors.open_actor(behaviour := Echo(sizes=True)),
         trio.open_nursery() as nursery,
     ):
         nursery.start_soon(black_hole)
@@ -434,7 +402,7 @@ async def test_large_frames_arrive_in_order_without_holding_up_heartbeats(
         open_(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE, heartbeat_interval=0.5) as n1,
         open_(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE, heartbeat_interval=0.5) as n2,
     ):
-        echo = Echo()
+        echo = Echo(sizes=True)
         async with n2.actors.open_actor(echo) as remote:
             assert await n1.actors.call(remote.id, "hi") == ("echo", "hi")
             mb = b"m" * 1_000_000
@@ -506,7 +474,7 @@ async def test_a_chunked_frame_from_a_peer_is_reassembled(
 ) -> None:
     async with (
         trio_gm.open_node(sqlite_store, listen="127.0.0.1:0", cookie=COOKIE) as node,
-        node.actors.open_actor(echo := Echo()) as handle,
+        node.actors.open_actor(echo := Echo(sizes=True)) as handle,
     ):
         peer = await RawPeer.connect(node, "127.0.0.1:9#chunks", COOKIE)
         payload = bytes(range(256)) * 100

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 import trio_gm
 from tests.gm_helpers import Events, Reporter
+from tests.net.echo import Echo
 from trio_gm._cookie import load_cookie
-from trio_gm.actor import Actor, ActorContext, Down, From, Reply
+from trio_gm.actor import Down
 from trio_gm.transport.codec import Codec, CodecError
 from trio_gm.transport.frames import Hello, Send
 from trio_gm.transport.tcp import internal_classes, wire_frame
@@ -28,35 +29,6 @@ async def _pair(store: trio_gm.GroupStore, **kwargs: Any) -> Any:
         trio_gm.open_node(store, listen="127.0.0.1:0", cookie=COOKIE, **kwargs),
         trio_gm.open_node(store, listen="127.0.0.1:0", cookie=COOKIE, **kwargs),
     )
-
-
-class Echo(Actor):
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-        self.changed = trio.Event()
-
-    async def wait_for(self, predicate: Any) -> Any:
-        with trio.fail_after(10):
-            while True:
-                for item in self.seen:
-                    if predicate(item):
-                        return item
-                await self.changed.wait()
-                self.changed = trio.Event()
-
-    def init(self, ctx: ActorContext) -> None:
-        self.ctx = ctx
-
-    def handle_call(self, request: Any, from_: From) -> Reply:
-        return Reply(("echo", request))
-
-    def handle_cast(self, msg: Any) -> None:
-        self.seen.append(msg)
-        self.changed.set()
-
-    def handle_info(self, msg: Any) -> None:
-        self.seen.append(msg)
-        self.changed.set()
 
 
 async def test_members_on_three_nodes_form_one_ring(
