@@ -289,10 +289,7 @@ class Node:
                 f"callbacks {callbacks!r} lack {', '.join(missing)}: a member needs "
                 f"{', '.join(_CALLBACKS)}"
             )
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
-            raise TypeError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be an int >= 1, got {max_in_flight!r}")
+        _check_int("max_in_flight", max_in_flight, 1)
 
         def new_actor() -> MemberActor:
             return MemberActor(
@@ -326,6 +323,15 @@ class Node:
                 yield member
             finally:
                 handle.stop_nowait("normal")
+
+
+def _check_int(name: str, value: object, least: int, unit: str = "") -> int:
+    """``value`` if it is an int (not a bool) of at least ``least``, else why not."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {least}{unit}, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be an int >= {least}{unit}, got {value!r}")
+    return value
 
 
 @asynccontextmanager
@@ -396,16 +402,11 @@ async def open_node(
     host, port = split_address(listen)
     if not (heartbeat_interval > 0):
         raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
-    if isinstance(max_frame_size, bool) or not isinstance(max_frame_size, int):
-        raise TypeError(f"max_frame_size must be an int (bytes), got {max_frame_size!r}")
-    if max_frame_size < 1024:
-        raise ValueError(f"max_frame_size must be at least 1024 bytes, got {max_frame_size}")
+    _check_int("max_frame_size", max_frame_size, 1024, " bytes")
     budget = frame_budget(max_frame_size)
     if max_message_size is None:
         max_message_size = min(DEFAULT_MAX_MESSAGE, budget)
-    elif isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
-        raise TypeError(f"max_message_size must be an int (bytes), got {max_message_size!r}")
-    elif not 1 <= max_message_size <= budget:
+    elif _check_int("max_message_size", max_message_size, 1, " bytes") > budget:
         raise ValueError(
             f"max_message_size must be between 1 and {budget} bytes with "
             f"max_frame_size={max_frame_size} (a frame needs room beyond its messages), "
@@ -413,17 +414,11 @@ async def open_node(
         )
     if max_send_queue is None:
         max_send_queue = default_send_queue(max_frame_size)
-    elif isinstance(max_send_queue, bool) or not isinstance(max_send_queue, int):
-        raise TypeError(f"max_send_queue must be an int (bytes), got {max_send_queue!r}")
-    elif max_send_queue < max_frame_size:
-        raise ValueError(
-            f"max_send_queue must be at least max_frame_size={max_frame_size} bytes "
-            f"(a queue must hold one frame), got {max_send_queue}"
+    else:
+        _check_int(
+            "max_send_queue", max_send_queue, max_frame_size, " bytes (a queue holds a frame)"
         )
-    if isinstance(max_handshakes, bool) or not isinstance(max_handshakes, int):
-        raise TypeError(f"max_handshakes must be an int >= 1, got {max_handshakes!r}")
-    if max_handshakes < 1:
-        raise ValueError(f"max_handshakes must be an int >= 1, got {max_handshakes}")
+    _check_int("max_handshakes", max_handshakes, 1)
     if cookie is not None and not isinstance(cookie, str | bytes):
         raise TypeError(f"cookie must be a str or bytes, got {type(cookie).__name__}")
     if cookie is None:
