@@ -34,7 +34,7 @@ import trio
 
 import trio_gm
 from tests.net._hostile_node import Tally, flood
-from tests.net.rawpeer import RawPeer, handshake_frame
+from tests.net.rawpeer import RawPeer, handshake_frame, raw_internal
 from trio_gm.actor import MonitorRef
 from trio_gm.transport.codec import Codec
 from trio_gm.transport.frames import Hello, Monitor, Response, Send
@@ -77,15 +77,6 @@ PUMP_LIMIT = 2048 * MiB
 def fake_name(label: str) -> str:
     """A node name no node has: a hand-made dialer's."""
     return f"127.0.0.1:1#{label}-{secrets.token_hex(4)}"
-
-
-def raw_internal(codec: Codec, cls: type, fields: list[Any]) -> bytes:
-    """An encoded ``cls`` with exactly these field values, which its constructor
-    might refuse: the instance is made without it, and encoded as any other."""
-    value = object.__new__(cls)
-    for field, item in zip(attrs.fields(cls), fields, strict=True):
-        object.__setattr__(value, field.name, item)
-    return codec.encode(value)
 
 
 # -- the node under attack, in its own process ---------------------------------------
