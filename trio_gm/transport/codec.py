@@ -259,24 +259,29 @@ class Codec:
         that cannot cross the wire (``msg[1]``, ``msg['key']``, ``msg.field``)
         and why, or, with ``max_size``, when the encoded message is longer.
         """
-        try:
-            if self._packing:
+        if self._packing:  # re-entered, from a cattrs hook say: the slow way
+            try:
                 data = self.encode(msg)
-            else:  # encode(), inlined: this is the cost of every broadcast
-                self._packing = True
-                try:
-                    data = self._packer.pack(msg)
-                except BaseException:
-                    self._packer = self._new_packer()
+            except Exception as exc:
+                raise self._explain(msg, exc) from None
+        else:  # encode(), inlined: this is the cost of every broadcast
+            self._packing = True
+            try:
+                data = self._packer.pack(msg)
+            except BaseException as exc:
+                self._packer = self._new_packer()
+                self._packing = False
+                if not isinstance(exc, Exception):
                     raise
-                finally:
-                    self._packing = False
-            if len(data) > _TRIAL_DECODE_OVER and type(msg) not in _SCALARS:
+                raise self._explain(msg, exc) from None
+            self._packing = False
+        if len(data) > _TRIAL_DECODE_OVER and type(msg) not in _SCALARS:
+            try:
                 # Inside two arrays, as in a run of messages: the receivers
                 # decode it one level deeper than it was encoded.
                 self.decode(b"\x91\x91" + data)
-        except Exception as exc:
-            raise self._explain(msg, exc) from None
+            except CodecError as exc:
+                raise self._explain(msg, exc) from None
         if max_size is not None and len(data) > max_size:
             raise ValueError(
                 f"msg encodes to {len(data)} bytes, more than max_message_size={max_size} bytes"
