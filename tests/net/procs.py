@@ -8,11 +8,28 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 
 WAIT = 20.0
+
+
+#: The repository, so that ``python -m tests.net.…`` finds the test modules.
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def open_module_process(module: str, *args: str) -> trio.Process:
+    """``python -m module args...`` from the repository, with pipes on all three."""
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-m", module, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
 
 
 class MemberProcess:

@@ -19,9 +19,7 @@ resident memory never grew by more than :data:`MAX_GROWTH`.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +32,7 @@ import trio
 
 import trio_gm
 from tests.net._hostile_node import Tally, flood
+from tests.net.procs import open_module_process
 from tests.net.rawpeer import RawPeer, handshake_frame, raw_internal
 from trio_gm.actor import MonitorRef
 from trio_gm.transport.codec import Codec
@@ -49,7 +48,6 @@ GROUP = "hostile"
 HEARTBEAT = 1.0
 IDLE_CONNECTIONS = 500
 MiB = 1024 * 1024
-ROOT = Path(__file__).resolve().parents[2]
 #: How long any one wait may take.
 WAIT = 20.0
 #: How much X's resident memory may grow over its baseline (measured with
@@ -155,14 +153,8 @@ class NodeProcess:
 @asynccontextmanager
 async def node_process(url: str) -> AsyncIterator[NodeProcess]:
     """X, ready, with its member in ``GROUP``; killed at the end if it has not quit."""
-    cmd = [sys.executable, "-m", "tests.net._hostile_node", url, GROUP, COOKIE, str(HEARTBEAT)]
-    process = await trio.lowlevel.open_process(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    process = await open_module_process(
+        "tests.net._hostile_node", url, GROUP, COOKIE, str(HEARTBEAT)
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +20,7 @@ import trio.testing
 
 import trio_gm
 from tests.net.echo import Echo
+from tests.net.procs import open_module_process
 from tests.net.rawpeer import RawPeer, handshake_frame
 from trio_gm.actor import ActorNode, Down
 from trio_gm.transport.codec import Codec
@@ -42,7 +40,6 @@ from trio_gm.transport.tcp import (
 
 COOKIE = "limits-cookie"
 MiB = 1024 * 1024
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -126,15 +123,7 @@ async def test_a_node_out_of_file_descriptors_pauses_accepting_and_serves_on(
     """With RLIMIT_NOFILE at 256 and 300 idle connections, accept fails with
     EMFILE: the node logs it once, keeps serving the peers it has, and accepts
     again once descriptors are free."""
-    cmd = [sys.executable, "-m", "tests.net._fd_node", "256", COOKIE, "60"]
-    process = await trio.lowlevel.open_process(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    process = await open_module_process("tests.net._fd_node", "256", COOKIE, "60")
     out, err = _Lines(), _Lines()
     idle: list[trio.SocketStream] = []
     try:

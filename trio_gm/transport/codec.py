@@ -75,6 +75,14 @@ _second: Final = itemgetter(1)
 _VIEW_OVER: Final = 65536
 
 
+def _unsendable(cls: type) -> str:
+    return (
+        f"a value of type {cls.__module__}.{cls.__qualname__} cannot be sent to another "
+        "node: use msgpack types (None, bool, int, float, str, bytes, list, tuple, dict) "
+        "or an attrs class registered with node.codec.register()"
+    )
+
+
 class CodecError(ValueError):
     """Bytes that do not decode to a value this codec knows."""
 
@@ -175,26 +183,10 @@ class Codec:
     # -- checking -----------------------------------------------------------
 
     def check(self, value: Any) -> None:
-        """Raise ``TypeError`` naming the first part of ``value`` that cannot be sent."""
-        cls = type(value)
-        if cls in _SCALARS:
-            return
-        if cls is list or cls is tuple:
-            for item in value:
-                self.check(item)
-            return
-        if cls is dict:
-            for key, item in value.items():
-                self.check(key)
-                self.check(item)
-            return
-        if cls in self._user_tags or cls in self._internal_tags:
-            return
-        raise TypeError(
-            f"a value of type {cls.__module__}.{cls.__qualname__} cannot be sent to "
-            "another node: use msgpack types (None, bool, int, float, str, bytes, "
-            "list, tuple, dict) or an attrs class registered with node.codec.register()"
-        )
+        """Raise the ``TypeError`` or ``ValueError`` :meth:`pack` would for ``value``."""
+        problem = self._find_problem(value)
+        if problem is not None:
+            raise problem
 
     # -- encoding -----------------------------------------------------------
 
@@ -216,8 +208,7 @@ class Codec:
         user_tag = self._user_tags.get(cls)
         if user_tag is not None:
             return [self._user_mark, user_tag, self.converter.unstructure(value)]
-        self.check(value)  # raises, naming the type
-        raise TypeError(f"cannot encode {value!r}")  # pragma: no cover
+        raise TypeError(_unsendable(cls))
 
     def _run_ext(self, run: Any) -> Any:
         """The extension of a run of packed messages: lengths, then bytes."""
@@ -340,12 +331,7 @@ class Codec:
                 else:
                     children = [(fields, path)]
             else:
-                return TypeError(
-                    f"{path}: a value of type {cls.__module__}.{cls.__qualname__} cannot be "
-                    "sent to another node: use msgpack types (None, bool, int, float, str, "
-                    "bytes, list, tuple, dict) or an attrs class registered with "
-                    "node.codec.register()"
-                )
+                return TypeError(f"{path}: {_unsendable(cls)}")
             stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
         return None
 
