@@ -68,7 +68,18 @@ class StoreConfigError(StoreError):
 
 
 class StoreUnavailable(StoreError):
-    """The database could not be reached, refused the connection, or does not exist."""
+    """The database could not be reached, refused the connection, or does not exist.
+
+    Raised at ``open_store`` when the store is away at start, and by any
+    operation once the store has been unreachable (or locked) for longer
+    than its ``outage_timeout``; a member stopped by an outage has one as
+    its stop reason.
+    """
+
+    #: The store's URL, password masked (set when an outage timed out).
+    url: str | None = None
+    #: Seconds the store had been away when this was raised (likewise).
+    unavailable_for: float | None = None
 
 
 class StoreConflict(StoreError):

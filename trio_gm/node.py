@@ -94,10 +94,11 @@ class Member:
 
     def _check_alive(self) -> None:
         if self._mailbox.closed:
+            reason = self._actor.stop_reason
             raise MemberStopped(
                 f"member {self.id} of group {self.group_name!r} has stopped"
-                + (f" ({self._actor.stop_reason!r})" if self._actor.stop_reason else "")
-            )
+                + (f" ({reason!r})" if reason else "")
+            ) from (reason if isinstance(reason, BaseException) else None)
 
     async def _call(self, request: Any) -> Any:
         self._check_alive()
@@ -348,6 +349,7 @@ async def open_node(
     max_message_size: int | None = None,
     max_send_queue: int | None = None,
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    store_outage_timeout: float | None = None,
 ) -> AsyncIterator[Node]:
     """A node for members of groups kept in ``store``, for the block's duration.
 
@@ -387,9 +389,21 @@ async def open_node(
     proving they know the cookie, each for at most 5 s; beyond it new
     connections are closed at once. Running out of file descriptors makes
     the node pause accepting (logged once), not fail.
+
+    ``store_outage_timeout`` (seconds; default the store's ``outage_timeout``,
+    30 s unless ``open_store`` was told otherwise) is how long this node's
+    members outlive a store that is unreachable or locked. Delivery needs
+    no store, so broadcasts and confirmed broadcasts among live members go
+    on; a change of membership (a join, recording a death) waits for the
+    store and then goes through. A member that still needs the store after
+    that long stops, with the :class:`~trio_gm.StoreUnavailable` as its
+    reason (``handle_terminate`` gets it; calls raise ``MemberStopped`` from
+    it). See docs/store.md.
     """
     if not isinstance(store, GroupStore):
         raise TypeError(f"open_node needs a GroupStore (from open_store), got {store!r}")
+    if store_outage_timeout is not None:
+        store = store.with_outage_timeout(store_outage_timeout, name="store_outage_timeout")
     if listen is None:
         if cookie is not None or ssl_context is not None or ssl_client_context is not None:
             raise ValueError("cookie and TLS contexts only make sense with listen='host:port'")

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy
 import trio
 
-from trio_gm import MemberId, StoreConflict, StoreError
+from trio_gm import MemberId, StoreError, StoreUnavailable
 from trio_gm.store import (
     DELETE,
     Group,
@@ -278,6 +278,10 @@ class SignallingRetry(RetryPolicy):
         self.retrying.set()
         return super().backoff(failures, rng)
 
+    def outage_backoff(self, failures: int, rng: random.Random) -> float:
+        self.retrying.set()
+        return super().outage_backoff(failures, rng)
+
 
 async def test_a_busy_database_is_retried_until_it_is_free(
     target: Target, lock_holder: Callable[[str], LockHolder]
@@ -307,26 +311,40 @@ async def test_a_busy_database_is_retried_until_it_is_free(
         assert stats.conflicts == 0
 
 
-async def test_retries_are_bounded_and_name_the_operation(
+async def test_a_lock_held_past_the_outage_timeout_is_store_unavailable_saying_locked(
     target: Target, lock_holder: Callable[[str], LockHolder]
 ) -> None:
-    policy = RetryPolicy(max_attempts=3, first_backoff=0, max_backoff=0)
+    policy = RetryPolicy(max_attempts=3, first_outage_backoff=0.01, max_outage_backoff=0.02)
     async with open_store(
-        target.url, schema=target.schema, lock_timeout=0.05, retry=policy
+        target.url, schema=target.schema, lock_timeout=0.05, retry=policy, outage_timeout=0.3
     ) as store:
         await store.create_tables()
         await store.prune_or_create_group("g", A)
         holder = lock_holder("g")
         await trio.to_thread.run_sync(holder.acquire)
-        with trio.fail_after(10), pytest.raises(StoreConflict) as info:
-            await store.record_dead_member("g", A, A)
+        try:
+            with trio.fail_after(10), pytest.raises(StoreUnavailable) as info:
+                await store.record_dead_member("g", A, A)
+        finally:
+            await trio.to_thread.run_sync(holder.release)
         message = str(info.value)
         assert "record_dead_member of group 'g'" in message
-        assert "3 attempts" in message
+        assert "has been locked for" in message
+        assert "outage_timeout of 0.3 s" in message
+        assert "locked/busy" in message
+        assert "conflict" not in message
+        assert info.value.url == store.url
+        assert info.value.unavailable_for is not None
+        assert info.value.unavailable_for >= 0.3
         stats = store.statistics()
-        assert (stats.busy_errors, stats.retries, stats.conflicts) == (3, 2, 1)
-        await trio.to_thread.run_sync(holder.release)
-        assert await store.read_group("g") == ring(A, version=0)
+        # Bounded by time, not by max_attempts: more than 3 attempts ran.
+        assert stats.busy_errors > 3
+        assert stats.conflicts == 0
+        assert stats.outages == 1
+        assert stats.unavailable_for >= 0.3
+        # The next success ends the outage.
+        await store.record_dead_member("g", A, A)
+        assert store.statistics().unavailable_for == 0.0
 
 
 @pytest.mark.postgres

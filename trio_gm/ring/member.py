@@ -28,7 +28,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .._exceptions import ActorError, MemberStopped
+from .._exceptions import ActorError, MemberStopped, StoreUnavailable
 from .._ids import MemberId
 from .._packed import Packed
 from ..actor import (
@@ -173,6 +173,13 @@ _BROADCASTS: Final = "broadcasts"
 _CHECK_STOP: Final = "check-stop"
 
 
+@attrs.frozen
+class _MembershipChecked:
+    """The outcome of a membership check run beside the ring (see ``_on_activity``)."""
+
+    outcome: Group | StoreUnavailable | None
+
+
 class OrphanedJoin(Exception):
     """A joiner's left recorded it and died before handing over its state.
 
@@ -247,6 +254,8 @@ class MemberActor(Actor):
         self.delivered = 0
         #: When an activity next checks the stored ring (join just read it).
         self._next_membership_check = math.inf
+        #: A membership check is running beside the ring.
+        self._checking_membership = False
         #: Broadcasts the owner handed over, not yet handled here. Handing
         #: them over through a list, with one wake-up message per batch,
         #: keeps a broadcast down to a list append.
@@ -405,6 +414,10 @@ class MemberActor(Actor):
         if type(result) is CoroutineType:
             await result
 
+    def _store_lost(self, exc: StoreUnavailable) -> ActorStop:
+        log.error("member %s of group %r stops: %s", self.self_id, self.group_name, exc)
+        return self._stop(exc)
+
     def _stop(self, reason: Any) -> ActorStop:
         self.stop_reason = reason
         for _pub, from_ in self.confirms:
@@ -446,6 +459,8 @@ class MemberActor(Actor):
             self._check(None)
         except _StopMember as stop:
             return self._stop(stop.reason)
+        except StoreUnavailable as exc:
+            return self._store_lost(exc)
         return self._noreply()
 
     async def handle_info(self, msg: Any) -> Any:
@@ -457,12 +472,16 @@ class MemberActor(Actor):
                 self._flush()
             elif type(msg) is Down:
                 await self._on_down(msg)
+            elif type(msg) is _MembershipChecked:
+                self._on_membership_checked(msg)
             elif msg is not _CHECK_STOP:
                 # e.g. a late reply: discarded, never a crash (issue 922).
                 log.debug("member %s discards unexpected message %r", self.self_id, msg)
             self._check(None)
         except _StopMember as stop:
             return self._stop(stop.reason)
+        except StoreUnavailable as exc:
+            return self._store_lost(exc)
         return self._noreply()
 
     async def handle_call(self, request: Any, from_: From) -> Any:
@@ -495,6 +514,8 @@ class MemberActor(Actor):
             return self._noreply()
         except _StopMember as stop:
             return self._stop(stop.reason)
+        except StoreUnavailable as exc:
+            return self._store_lost(exc)
 
     def _noreply(self) -> NoReply:
         # Timeout 0: flush once the mailbox is empty (gm's flush_timeout).
@@ -669,10 +690,11 @@ class MemberActor(Actor):
         assert self.members_state is not None
         if msg.sender != self.left[0]:
             return  # only the left's activity counts: anything else is a stray
-        now = trio.current_time()
-        if now >= self._next_membership_check:
-            self._next_membership_check = now + MEMBERSHIP_CHECK_INTERVAL
-            await self._check_membership()
+        if not self._checking_membership:
+            now = trio.current_time()
+            if now >= self._next_membership_check:
+                self._checking_membership = True
+                self.ctx.nursery.start_soon(self._check_membership)
         await self._process_activity(msg.entries)
 
     async def _process_activity(self, entries: Any, *, split: bool = False) -> None:
@@ -729,8 +751,26 @@ class MemberActor(Actor):
         return None
 
     async def _check_membership(self) -> None:
-        group = await self.io.read_group()
-        if group is None or not group.is_alive(self.self_id):
+        """Read the stored ring beside the ring's own work; post what was found.
+
+        Delivery needs no store, so the ring never waits for this read: while
+        the store is away the read retries (for up to the store's
+        ``outage_timeout``) and activities go on being handled.
+        """
+        outcome: Group | StoreUnavailable | None
+        try:
+            outcome = await self.io.read_group()
+        except StoreUnavailable as exc:
+            outcome = exc
+        self.ctx.send(self.self_id, _MembershipChecked(outcome))
+
+    def _on_membership_checked(self, checked: _MembershipChecked) -> None:
+        self._checking_membership = False
+        self._next_membership_check = trio.current_time() + MEMBERSHIP_CHECK_INTERVAL
+        outcome = checked.outcome
+        if isinstance(outcome, StoreUnavailable):
+            raise outcome
+        if outcome is None or not outcome.is_alive(self.self_id):
             raise _StopMember("shutdown")
 
     # -- joins ----------------------------------------------------------------
@@ -766,7 +806,7 @@ class MemberActor(Actor):
             member = self.right[0]
         else:
             return  # a monitor we no longer care about
-        await self._check_membership()
+        # verify=True: lost membership (RabbitMQ issue 714) is found here.
         group = _lost(await self.io.transact(RecordDead(self.self_id, member, verify=True)))
         view = group_to_view(group)
         if view.alive == [self.self_id]:

@@ -51,7 +51,14 @@ from sqlalchemy.pool import ConnectionPoolEntry, QueuePool, StaticPool
 
 from .._exceptions import StoreConfigError
 
-__all__ = ["BEGIN_OPTION", "EngineSetup", "create_store_engine", "mask_url", "retry_kind"]
+__all__ = [
+    "BEGIN_OPTION",
+    "EngineSetup",
+    "create_store_engine",
+    "mask_url",
+    "retry_kind",
+    "transient_connect_error",
+]
 
 #: Connection execution option naming the statement the SQLite ``begin``
 #: listener emits; read-modify-writes use the default, ``BEGIN IMMEDIATE``.
@@ -64,6 +71,20 @@ _SUPPORTED_DRIVERS = {"sqlite": {"pysqlite"}, "postgresql": {"psycopg", "psycopg
 _SERIALIZATION_SQLSTATES = frozenset({"40001", "40P01"})
 _BUSY_SQLSTATES = frozenset({"55P03"})
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+#: SQLSTATEs of a server going away or not yet back: connection exceptions
+#: (class 08), shutdown in progress (57P01 admin, 57P02 crash), starting up
+#: (57P03). Wrong passwords (class 28) and missing databases (3D000) are not
+#: among them: retrying those cannot help.
+_AWAY_SQLSTATE_CLASSES = frozenset({"08"})
+_AWAY_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+#: What libpq says when a server answered but will never let us in.
+_PERMANENT_CONNECT_MARKERS = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "password",
+    "SSL",
+)
 
 
 @attrs.frozen
@@ -235,3 +256,24 @@ def retry_kind(exc: BaseException) -> Literal["serialization", "busy"] | None:
         if code is not None and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
             return "busy"
     return None
+
+
+def transient_connect_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server is away for now (down, restarting, unreachable).
+
+    psycopg reports a refused or timed-out connection as an
+    ``OperationalError`` without a SQLSTATE; a server shutting down or
+    starting up sends one (57P01..57P03). An error with any other SQLSTATE
+    (a wrong password, a missing database) is not transient.
+    """
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.Error):
+        return False
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:
+        # libpq's connection failures carry no SQLSTATE, only a message.
+        name = type(orig).__name__
+        if not (name == "OperationalError" or name.endswith("ConnectionTimeout")):
+            return False
+        return not any(marker in str(orig) for marker in _PERMANENT_CONNECT_MARKERS)
+    return sqlstate[:2] in _AWAY_SQLSTATE_CLASSES or sqlstate in _AWAY_SQLSTATES

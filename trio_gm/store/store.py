@@ -19,14 +19,27 @@ runs any such function against the current row.
 
 Retries
     A transaction that fails because another committed first (PostgreSQL
-    SQLSTATE 40001 serialization failure or 40P01 deadlock) or because the
-    database was busy (SQLite "database is locked"/"busy", PostgreSQL
-    ``lock_timeout``) is rolled back and re-run from its first read, so the
-    function sees the row the winner wrote. Between attempts the caller
-    sleeps *in trio* for a jittered exponential backoff (full jitter,
-    :class:`RetryPolicy`). After ``max_attempts`` attempts the call raises
-    :class:`~trio_gm.StoreConflict` naming the operation, the group and the
-    number of attempts. Any other error is not retried.
+    SQLSTATE 40001 serialization failure or 40P01 deadlock) is rolled back
+    and re-run from its first read, so the function sees the row the winner
+    wrote. Between attempts the caller sleeps *in trio* for a jittered
+    exponential backoff (full jitter, :class:`RetryPolicy`). After
+    ``max_attempts`` attempts the call raises :class:`~trio_gm.StoreConflict`
+    naming the operation, the group and the number of attempts.
+
+Outages
+    An attempt that finds the store *away* is retried the same way, with
+    its own backoff (at most 0.5 s apart by default), for as long as the
+    store has been away less than ``outage_timeout`` (default 30 s): the
+    server cannot be connected to (down, restarting, unreachable), it
+    dropped the connection before COMMIT, or the database is locked by
+    another connection (SQLite "database is locked"/"busy", PostgreSQL
+    ``lock_timeout``). The outage is the store's, not the call's: it begins
+    at the first such failure of any operation and ends at the next success
+    of any; it is logged at WARNING when it begins and when it ends. Past
+    the timeout every operation that meets the store away raises
+    :class:`~trio_gm.StoreUnavailable`, saying how long it has been away and
+    whether it was unreachable or locked. Any other error is not retried.
+    ``open_store`` itself does not wait: a store away at start fails at once.
 
 What a cancelled caller can assume
     The worker thread is never abandoned (``abandon_on_cancel=False``): once
@@ -50,11 +63,11 @@ What a cancelled caller can assume
       returned to the pool before the thread returns.
 
     A pooled connection found dropped (server restart, idle timeout) before
-    COMMIT is retried like a conflict: nothing was committed. The exception
-    is a connection lost *during COMMIT*, which no client can resolve:
-    :class:`~trio_gm.StoreUnavailable` says the outcome is unknown.
-    gm's operations are idempotent (a re-run finds the change done), so gm
-    simply retries them.
+    COMMIT is retried as an outage: nothing was committed. A connection lost
+    *during COMMIT* leaves the outcome unknown, which no client can resolve:
+    :meth:`GroupStore.transact` raises :class:`~trio_gm.StoreUnavailable`
+    saying so, unless told the function is idempotent. gm's operations are
+    (a re-run finds the change done), so the store retries those.
 
 Reads
     :meth:`GroupStore.read_group` is gm's ``dirty_read``: one SELECT outside
@@ -72,6 +85,8 @@ attached as ``__cause__`` and messages show the URL with the password masked.
 from __future__ import annotations
 
 import enum
+import logging
+import math
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -87,12 +102,19 @@ from sqlalchemy.schema import CreateSchema
 from .._exceptions import StoreConfigError, StoreConflict, StoreError, StoreUnavailable
 from .._ids import MemberId
 from . import ops
-from ._engine import BEGIN_OPTION, EngineSetup, create_store_engine, retry_kind
+from ._engine import (
+    BEGIN_OPTION,
+    EngineSetup,
+    create_store_engine,
+    retry_kind,
+    transient_connect_error,
+)
 from .codec import members_from_json, members_to_json
 from .model import Group, LostMembership
 from .schema import gm_group, metadata, table_definitions
 
 __all__ = [
+    "DEFAULT_OUTAGE_TIMEOUT",
     "DELETE",
     "GroupStore",
     "RetryPolicy",
@@ -102,6 +124,12 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+log = logging.getLogger("trio_gm.store")
+
+#: Default seconds an operation waits for a store that is unreachable or
+#: locked before it raises :class:`~trio_gm.StoreUnavailable`.
+DEFAULT_OUTAGE_TIMEOUT: Final = 30.0
 
 
 class _Delete(enum.Enum):
@@ -130,10 +158,21 @@ class RetryPolicy:
     max_attempts: int = attrs.field(default=30, validator=attrs.validators.ge(1))
     first_backoff: float = attrs.field(default=0.002, validator=attrs.validators.ge(0))
     max_backoff: float = attrs.field(default=0.2, validator=attrs.validators.ge(0))
+    #: The same two, for attempts that failed because the store was
+    #: unreachable or locked (retried until the store's ``outage_timeout``).
+    first_outage_backoff: float = attrs.field(default=0.01, validator=attrs.validators.ge(0))
+    max_outage_backoff: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
 
     def backoff(self, failures: int, rng: random.Random) -> float:
-        """Seconds to sleep after ``failures`` failed attempts in a row."""
+        """Seconds to sleep after ``failures`` conflicting attempts in a row."""
         ceiling = min(self.max_backoff, self.first_backoff * 2 ** min(failures - 1, 60))
+        return rng.uniform(0, ceiling)
+
+    def outage_backoff(self, failures: int, rng: random.Random) -> float:
+        """Seconds to sleep after ``failures`` attempts in a row found the store away."""
+        ceiling = min(
+            self.max_outage_backoff, self.first_outage_backoff * 2 ** min(failures - 1, 60)
+        )
         return rng.uniform(0, ceiling)
 
 
@@ -159,17 +198,34 @@ class StoreStatistics:
     reads: int
     #: Attempts that found their pooled connection dropped before COMMIT.
     disconnects: int
+    #: Attempts that could not connect (server down, restarting, unreachable).
+    connect_failures: int = 0
+    #: Times the store became unreachable (or stayed locked) and later
+    #: answered again, or is still away: outages seen.
+    outages: int = 0
+    #: Seconds the store has been away, if it is now (else 0.0).
+    unavailable_for: float = 0.0
+
+
+_RetryKind = Literal["serialization", "busy", "disconnect", "connect", "commit"]
 
 
 class _Retry(Exception):
-    """Raised in the worker: the attempt was rolled back and may be re-run."""
+    """Raised in the worker: the attempt was rolled back and may be re-run.
 
-    def __init__(
-        self, kind: Literal["serialization", "busy", "disconnect"], error: BaseException
-    ) -> None:
+    ``serialization`` is a conflict with another transaction (retried up to
+    ``max_attempts`` times); the others mean the store is away for now:
+    ``busy`` (locked by another connection), ``disconnect`` (a pooled
+    connection found dropped), ``connect`` (cannot connect), ``commit`` (the
+    connection was lost during COMMIT of an idempotent operation, which is
+    safe to run again). Those are retried until the outage timeout.
+    """
+
+    def __init__(self, kind: _RetryKind, error: BaseException, reason: str) -> None:
         super().__init__(kind, error)
         self.kind = kind
         self.error = error
+        self.reason = reason
 
 
 @attrs.define(eq=False)
@@ -183,6 +239,18 @@ class _Counters:
     conflicts: int = 0
     reads: int = 0
     disconnects: int = 0
+    connect_failures: int = 0
+    outages: int = 0
+
+
+@attrs.define(eq=False)
+class _Life:
+    """What every view of one store shares (:meth:`GroupStore.with_outage_timeout`)."""
+
+    counters: _Counters = attrs.field(factory=_Counters)
+    closed: bool = False
+    #: trio time at which the current outage began (None: the store answers).
+    unavailable_since: float | None = None
 
 
 @attrs.define(eq=False)
@@ -196,9 +264,9 @@ class GroupStore:
     _schema: str | None
     _retry: RetryPolicy
     _limiter: trio.CapacityLimiter
+    _outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
     _rng: random.Random = attrs.field(factory=random.Random)
-    _counters: _Counters = attrs.field(factory=_Counters)
-    _closed: bool = False
+    _life: _Life = attrs.field(factory=_Life)
     _engine: Engine = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -207,6 +275,23 @@ class GroupStore:
             # The module-level table has no schema; this maps it to ours.
             engine = engine.execution_options(schema_translate_map={None: self._schema})
         self._engine = engine
+
+    @property
+    def _counters(self) -> _Counters:
+        return self._life.counters
+
+    @property
+    def outage_timeout(self) -> float:
+        """Seconds an operation waits for a store that is away (see :func:`open_store`)."""
+        return self._outage_timeout
+
+    def with_outage_timeout(self, seconds: float, *, name: str = "seconds") -> GroupStore:
+        """This store, with operations that wait up to ``seconds`` for it when it is away.
+
+        The two share the engine, the connections, the counters and the
+        knowledge of an outage in progress; only the patience differs.
+        """
+        return attrs.evolve(self, outage_timeout=_check_outage_timeout(seconds, name))
 
     @property
     def url(self) -> str:
@@ -220,7 +305,11 @@ class GroupStore:
 
     def statistics(self) -> StoreStatistics:
         """A snapshot of this store's counters."""
-        return StoreStatistics(**attrs.asdict(self._counters))
+        since = self._life.unavailable_since
+        return StoreStatistics(
+            **attrs.asdict(self._counters),
+            unavailable_for=0.0 if since is None else trio.current_time() - since,
+        )
 
     def table_definitions(self) -> tuple[Table, ...]:
         """The tables the store uses (module-level; ``schema=`` is applied at run time)."""
@@ -269,6 +358,7 @@ class GroupStore:
         fn: Callable[[Group | None], tuple[Write, R]],
         *,
         operation: str = "transact",
+        idempotent: bool = False,
     ) -> R:
         """Run ``fn`` on group ``name``'s current row in one serializable transaction.
 
@@ -280,6 +370,13 @@ class GroupStore:
         thread and may run several times (once per attempt), so it must be
         a pure function of its argument. An exception it raises rolls the
         transaction back and propagates unchanged.
+
+        While the store is unreachable or locked, attempts are retried with
+        backoff until it has been away for ``outage_timeout`` seconds, then
+        :class:`~trio_gm.StoreUnavailable` is raised. A connection lost
+        during COMMIT leaves the outcome unknown, which raises at once
+        unless ``idempotent`` says that ``fn`` run again on the row it wrote
+        changes nothing more (as for every gm operation): then it is retried.
         """
 
         def attempt(conn: Connection) -> tuple[bool, R]:
@@ -287,7 +384,9 @@ class GroupStore:
             write, result = fn(current)
             return self._write(conn, name, current, write), result
 
-        wrote, result = await self._run(operation, name, attempt, counted=True)
+        wrote, result = await self._run(
+            operation, name, attempt, counted=True, idempotent=idempotent
+        )
         if wrote:
             self._counters.writes += 1
         return result
@@ -298,7 +397,7 @@ class GroupStore:
         def forget(current: Group | None) -> tuple[Write, None]:
             return (DELETE if current is not None else None), None
 
-        await self.transact(name, forget, operation="forget_group")
+        await self.transact(name, forget, operation="forget_group", idempotent=True)
 
     async def prune_or_create_group(
         self, name: str, self_id: MemberId, min_version: int = ops.VERSION_START
@@ -312,7 +411,7 @@ class GroupStore:
             new = ops.prune_or_create(current, name, self_id, min_version)
             return (new if new is not current else None), new
 
-        return await self.transact(name, change, operation="prune_or_create_group")
+        return await self.transact(name, change, operation="prune_or_create_group", idempotent=True)
 
     async def record_new_member(
         self, name: str, left: MemberId, new: MemberId
@@ -358,7 +457,8 @@ class GroupStore:
                 write = outcome
             return write, outcome
 
-        return await self.transact(name, change, operation=operation)
+        # Every gm change, run again on the row it wrote, finds itself done.
+        return await self.transact(name, change, operation=operation, idempotent=True)
 
     # ------------------------------------------------------------- machinery
 
@@ -371,17 +471,24 @@ class GroupStore:
         counted: bool,
         read_committed: bool = False,
         write: bool = True,
+        idempotent: bool = False,
+        patient: bool = True,
     ) -> R:
-        """Run ``body`` in a transaction in a worker thread, retrying conflicts.
+        """Run ``body`` in a transaction in a worker thread, retrying what may pass.
 
+        Conflicts are retried up to the policy's ``max_attempts``; attempts
+        that found the store away (see :class:`_Retry`) until it has been
+        away ``outage_timeout`` seconds, or not at all unless ``patient``.
         No checkpoint follows a successful attempt: see the module docstring.
         """
-        if self._closed:
+        life = self._life
+        if life.closed:
             raise StoreError(f"{operation}: the store for {self.url} is closed")
         if counted:
             self._counters.transactions += 1
         what = operation if name is None else f"{operation} of group {name!r}"
-        failures = 0
+        conflicts = 0
+        away = 0
         while True:
             try:
                 result = await trio.to_thread.run_sync(
@@ -390,32 +497,90 @@ class GroupStore:
                     body,
                     read_committed,
                     write,
+                    idempotent,
                     limiter=self._limiter,
                     abandon_on_cancel=False,
                 )
             except _Retry as retry:
-                failures += 1
                 if retry.kind == "serialization":
                     self._counters.serialization_failures += 1
-                elif retry.kind == "busy":
-                    self._counters.busy_errors += 1
+                    conflicts += 1
+                    if conflicts >= self._retry.max_attempts:
+                        self._counters.conflicts += 1
+                        raise StoreConflict(
+                            f"{what} on {self.url} gave up after {conflicts} attempts, each "
+                            f"failing with a serialization conflict; the last: {retry.reason}"
+                        ) from retry.error
+                    delay = self._retry.backoff(conflicts, self._rng)
                 else:
-                    self._counters.disconnects += 1
-                if failures >= self._retry.max_attempts:
-                    self._counters.conflicts += 1
-                    raise StoreConflict(
-                        f"{what} on {self.url} gave up after {failures} attempts, each "
-                        f"failing with a conflict; the last: {retry.error}"
-                    ) from retry.error
+                    self._count_away(retry.kind)
+                    if not patient:
+                        raise StoreUnavailable(
+                            f"{what}: {_away_phrase(retry)} {self.url}: {retry.reason}"
+                        ) from retry.error
+                    away += 1
+                    delay = self._retry.outage_backoff(away, self._rng)
+                    now = trio.current_time()
+                    since = self._store_away(now, retry)
+                    left = since + self._outage_timeout - now
+                    if left <= 0:
+                        exc = StoreUnavailable(
+                            f"{what}: the store {self.url} has been "
+                            f"{'locked' if retry.kind == 'busy' else 'unreachable'} for "
+                            f"{now - since:.1f} s, longer than its outage_timeout of "
+                            f"{self._outage_timeout:g} s; the last error: "
+                            f"{_away_phrase(retry)} it: {retry.reason}"
+                        )
+                        exc.url, exc.unavailable_for = self.url, now - since
+                        raise exc from retry.error
+                    delay = min(delay, left)
                 self._counters.retries += 1
-                await trio.sleep(self._retry.backoff(failures, self._rng))
+                await trio.sleep(delay)
                 continue
+            if life.unavailable_since is not None:
+                self._store_back()
             if counted:
                 self._counters.commits += 1
             return result
 
+    def _count_away(self, kind: _RetryKind) -> None:
+        counters = self._counters
+        if kind == "busy":
+            counters.busy_errors += 1
+        elif kind == "connect":
+            counters.connect_failures += 1
+        else:
+            counters.disconnects += 1
+
+    def _store_away(self, now: float, retry: _Retry) -> float:
+        """Note that the store is away (logged once per outage); when the outage began."""
+        life = self._life
+        if life.unavailable_since is None:
+            life.unavailable_since = now
+            self._counters.outages += 1
+            log.warning(
+                "store %s is %s (%s); operations wait up to %g s for it",
+                self.url,
+                "locked" if retry.kind == "busy" else "unreachable",
+                retry.reason,
+                self._outage_timeout,
+            )
+        return life.unavailable_since
+
+    def _store_back(self) -> None:
+        life = self._life
+        assert life.unavailable_since is not None
+        away = trio.current_time() - life.unavailable_since
+        life.unavailable_since = None
+        log.warning("store %s answers again, after %.1f s", self.url, away)
+
     def _attempt(
-        self, what: str, body: Callable[[Connection], R], read_committed: bool, write: bool
+        self,
+        what: str,
+        body: Callable[[Connection], R],
+        read_committed: bool,
+        write: bool,
+        idempotent: bool,
     ) -> R:
         """One attempt, in a worker thread: connect, BEGIN, body, COMMIT."""
         # The last point at which a cancellation can stop us with nothing done.
@@ -424,8 +589,10 @@ class GroupStore:
             conn = self._connect()
         except DBAPIError as exc:
             kind = retry_kind(exc)
-            if kind is not None:
-                raise _Retry(kind, exc) from exc
+            if kind == "serialization":
+                raise _Retry(kind, exc, _reason(exc)) from exc
+            if kind is not None or transient_connect_error(exc):
+                raise _Retry(kind or "connect", exc, _reason(exc)) from exc
             raise StoreUnavailable(f"{what}: cannot connect to {self.url}: {_reason(exc)}") from exc
         committing = False
         try:
@@ -446,13 +613,16 @@ class GroupStore:
         except DBAPIError as exc:
             kind = retry_kind(exc)
             if kind is not None:
-                raise _Retry(kind, exc) from exc
-            if exc.connection_invalidated and not committing:
+                raise _Retry(kind, exc, _reason(exc)) from exc
+            lost = exc.connection_invalidated or transient_connect_error(exc)
+            if lost and not committing:
                 # A pooled connection the server dropped (restart, idle
                 # timeout): nothing was committed, and the pool has discarded
                 # its stale connections, so one more attempt reconnects.
-                raise _Retry("disconnect", exc) from exc
-            if exc.connection_invalidated:
+                raise _Retry("disconnect", exc, _reason(exc)) from exc
+            if lost and (idempotent or not write):
+                raise _Retry("commit", exc, _reason(exc)) from exc
+            if lost:
                 raise StoreUnavailable(
                     f"{what}: lost the connection to {self.url} during COMMIT "
                     f"({_reason(exc)}); the change may or may not have been applied"
@@ -495,10 +665,18 @@ class GroupStore:
         def ping(conn: Connection) -> None:
             conn.execute(text("SELECT 1"))
 
-        await self._run("open_store", None, ping, counted=False, read_committed=True, write=False)
+        await self._run(
+            "open_store",
+            None,
+            ping,
+            counted=False,
+            read_committed=True,
+            write=False,
+            patient=False,
+        )
 
     async def _close(self) -> None:
-        self._closed = True
+        self._life.closed = True
         await trio.to_thread.run_sync(self._setup.engine.dispose, limiter=self._limiter)
 
 
@@ -513,6 +691,25 @@ def _decode(name: str, version: object, members: object) -> Group:
 
 def _reason(exc: DBAPIError) -> str:
     return " ".join(str(exc.orig).split())
+
+
+def _away_phrase(retry: _Retry) -> str:
+    return {
+        "busy": "another connection holds a lock on (database locked/busy)",
+        "connect": "cannot connect to",
+        "disconnect": "lost the connection to",
+        "commit": "lost the connection during COMMIT to",
+    }.get(retry.kind, "cannot use")
+
+
+def _check_outage_timeout(seconds: object, name: str = "outage_timeout") -> float:
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not (0 <= seconds < math.inf)
+    ):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
+    return float(seconds)
 
 
 def _hint(exc: DBAPIError) -> str:
@@ -532,6 +729,7 @@ async def open_store(
     lock_timeout: float = 1.0,
     durable: bool | None = None,
     retry: RetryPolicy = RetryPolicy(),
+    outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT,
 ) -> AsyncIterator[GroupStore]:
     """Open the group store at ``url`` for the life of the ``async with`` block.
 
@@ -543,12 +741,20 @@ async def open_store(
     seconds before a connection attempt fails (PostgreSQL; at least 2).
     ``lock_timeout``: seconds one attempt waits for a lock before it is
     retried. ``durable``: see :mod:`trio_gm.store._engine` and docs/store.md.
-    ``retry``: the :class:`RetryPolicy`.
+    ``retry``: the :class:`RetryPolicy`. ``outage_timeout`` (default 30 s):
+    how long an operation waits, retrying with backoff, while the database
+    cannot be reached, drops its connections, or stays locked by another
+    connection; then it raises :class:`~trio_gm.StoreUnavailable`, which
+    says for how long the store was away. The time counts from the first
+    failure of the outage, whichever operation met it, so every operation
+    gives up once the store has been away that long. (Members of a group
+    stop with that error as their reason; see docs/store.md.)
 
     Connects once before yielding, so a bad or unreachable database fails
     here with :class:`~trio_gm.StoreConfigError` or
     :class:`~trio_gm.StoreUnavailable`.
     """
+    outage_timeout = _check_outage_timeout(outage_timeout)
     setup = create_store_engine(
         url,
         pool_size=pool_size,
@@ -562,7 +768,9 @@ async def open_store(
             f"schema={schema!r} needs PostgreSQL, "
             f"but store URL {setup.display_url!r} is {setup.backend}"
         )
-    store = GroupStore(setup, schema, retry, trio.CapacityLimiter(setup.concurrency))
+    store = GroupStore(
+        setup, schema, retry, trio.CapacityLimiter(setup.concurrency), outage_timeout
+    )
     try:
         await store._ping()
         yield store
