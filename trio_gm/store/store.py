@@ -251,6 +251,9 @@ class _Life:
     closed: bool = False
     #: trio time at which the current outage began (None: the store answers).
     unavailable_since: float | None = None
+    #: Whether the outage is a lock held by another connection ("busy"),
+    #: which only a write's success ends (reads still pass a lock).
+    locked: bool = False
 
 
 @attrs.define(eq=False)
@@ -537,7 +540,7 @@ class GroupStore:
                 self._counters.retries += 1
                 await trio.sleep(delay)
                 continue
-            if life.unavailable_since is not None:
+            if life.unavailable_since is not None and (write or not life.locked):
                 self._store_back()
             if counted:
                 self._counters.commits += 1
@@ -555,6 +558,7 @@ class GroupStore:
     def _store_away(self, now: float, retry: _Retry) -> float:
         """Note that the store is away (logged once per outage); when the outage began."""
         life = self._life
+        life.locked = retry.kind == "busy"
         if life.unavailable_since is None:
             life.unavailable_since = now
             self._counters.outages += 1
