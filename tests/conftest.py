@@ -5,6 +5,13 @@ machines run on 127.0.0.1:5432). When it cannot be reached the tests that need
 it skip with a message saying so, unless ``TRIO_GM_REQUIRE_POSTGRES=1`` (CI
 sets it), which turns that skip into a failure.
 
+Tests that must stop, kill or hang PostgreSQL take ``private_postgres`` (a
+server of their own, started, destroyed afterwards) or
+``make_private_postgres`` (a factory, for several servers or other hosts);
+see :mod:`trio_gm.testing.postgres`. They skip when no private server can
+run here, and ``TRIO_GM_REQUIRE_POSTGRES=1`` turns that skip into a failure
+too. They never touch the shared server.
+
 Every test runs with ``TRIO_GM_COOKIE_FILE`` naming a cookie file in a
 temporary directory (inherited by the processes tests start), so nothing
 reads or makes the user's real cookie file.
@@ -16,7 +23,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +32,7 @@ import sqlalchemy
 
 import trio_gm
 from tests.gm_helpers import Events
+from trio_gm.testing.postgres import PostgresServer, PostgresTemplate
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -64,6 +72,46 @@ def postgres_url() -> str:
             pytest.fail(f"{why_not}, and TRIO_GM_REQUIRE_POSTGRES=1 forbids skipping")
         pytest.skip(f"{why_not}; set TRIO_GM_POSTGRES_URL to run these tests")
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[PostgresTemplate]:
+    """One initdb per session, which every private server copies."""
+    why_not = PostgresServer.unavailable_reason()
+    if why_not is not None:
+        if os.environ.get("TRIO_GM_REQUIRE_POSTGRES") == "1":
+            pytest.fail(
+                f"cannot run a private PostgreSQL server: {why_not}, "
+                "and TRIO_GM_REQUIRE_POSTGRES=1 forbids skipping"
+            )
+        pytest.skip(f"cannot run a private PostgreSQL server: {why_not}")
+    with PostgresTemplate.temporary() as template:
+        yield template
+
+
+#: make_private_postgres(host="127.0.0.1", *, start=True) -> PostgresServer
+MakePostgres = Callable[..., PostgresServer]
+
+
+@pytest.fixture
+def make_private_postgres(postgres_template: PostgresTemplate) -> Iterator[MakePostgres]:
+    """A factory of private servers (started unless ``start=False``), all destroyed afterwards."""
+    with contextlib.ExitStack() as servers:
+
+        def make(host: str = "127.0.0.1", *, start: bool = True) -> PostgresServer:
+            server = PostgresServer.create(host=host, template=postgres_template)
+            servers.callback(server.destroy)
+            if start:
+                server.start()
+            return server
+
+        yield make
+
+
+@pytest.fixture
+def private_postgres(make_private_postgres: MakePostgres) -> PostgresServer:
+    """A started PostgreSQL server of this test's own, to kill at will; never the shared one."""
+    return make_private_postgres()
 
 
 @contextlib.contextmanager

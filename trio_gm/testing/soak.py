@@ -24,6 +24,7 @@ import contextlib
 import random
 import secrets
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -42,10 +43,13 @@ class SoakReport:
     kills: int = 0
     delivered: int = 0
     survivors: int = 0
+    #: The store outages made, as the outage function named them.
+    outages: list[str] = attrs.Factory(list)
 
     def summary(self) -> str:
+        outages = f"{len(self.outages)} store outages, " if self.outages else ""
         return (
-            f"{self.joins} joins, {self.leaves} leaves, {self.kills} kills, "
+            f"{self.joins} joins, {self.leaves} leaves, {self.kills} kills, {outages}"
             f"{self.delivered} deliveries, {self.survivors} survivors, "
             f"{len(self.violations)} violations"
         )
@@ -118,6 +122,8 @@ async def run_soak(
     min_changes: int = 0,
     batch: int = 20,
     nodes: int = 1,
+    outage: Callable[[random.Random], Awaitable[str]] | None = None,
+    outage_every: float = 2.0,
 ) -> SoakReport:
     """Run a soak test for ``seconds`` of chaos on ``store``; return the report.
 
@@ -125,6 +131,11 @@ async def run_soak(
     over TCP on loopback. The chaos makes a change (join, leave or kill, drawn
     from ``seed``) every ``change_every`` seconds or so, at least
     ``min_changes`` of them however long that takes.
+
+    ``outage``, if given, takes the store away and brings it back (it returns
+    a word for the report): it is awaited every ``outage_every`` seconds or
+    so while the chaos runs, beside it. Outages must be shorter than the
+    store's ``outage_timeout``: a member stopped by one is a violation.
     """
     rng = random.Random(seed)
     report = SoakReport()
@@ -184,6 +195,30 @@ async def run_soak(
         for _ in range(members):
             await join()
         deadline = trio.current_time() + seconds
+        chaos_over = trio.Event()
+
+        async def outages() -> None:
+            assert outage is not None
+            outage_rng = random.Random(rng.random())
+            while not chaos_over.is_set():
+                with trio.move_on_after(outage_every * outage_rng.uniform(0.5, 1.5)):
+                    await chaos_over.wait()
+                if chaos_over.is_set():
+                    break
+                report.outages.append(await outage(outage_rng))
+
+        outage_done = trio.Event()
+        if outage is not None:
+
+            async def run_outages() -> None:
+                try:
+                    await outages()
+                finally:
+                    outage_done.set()
+
+            nursery.start_soon(run_outages)
+        else:
+            outage_done.set()
         changes = 0
         while trio.current_time() < deadline or changes < min_changes:
             await trio.sleep(change_every * rng.uniform(0.5, 1.5))
@@ -196,7 +231,10 @@ async def run_soak(
             elif len(slots) < members + 2:
                 await join()
 
-        # The end: stop broadcasting, one final confirmed broadcast each.
+        # The end: the store back for good, stop broadcasting, one final
+        # confirmed broadcast each.
+        chaos_over.set()
+        await outage_done.wait()
         survivors = list(slots)
         report.survivors = len(survivors)
         for slot in survivors:
