@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import trio_gm
-from trio_gm.testing.soak import SoakMember, SoakReport, run_soak
+from trio_gm.testing.postgres import PostgresServer
+from trio_gm.testing.soak import SoakMember, SoakReport, postgres_outages, run_soak
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -43,3 +44,29 @@ def test_the_checker_flags_every_kind_of_violation() -> None:
     assert kinds == ["gap", "duplicate", "message", "death", "message", "terminated"]
     assert "before it was announced" in report.violations[2]
     assert "after its death" in report.violations[4]
+
+
+@pytest.mark.postgres
+async def test_soak_over_tcp_nodes_with_store_outages(private_postgres: PostgresServer) -> None:
+    # Kills, restarts and stops of PostgreSQL beside the joins, leaves and
+    # kills of members: no member may stop for an outage shorter than the
+    # timeout, and every guarantee holds.
+    async with trio_gm.open_store(
+        private_postgres.url, connect_timeout=2, outage_timeout=60
+    ) as store:
+        await store.create_tables()
+        report = await run_soak(
+            store,
+            seconds=6.0,
+            members=4,
+            seed=3,
+            nodes=3,
+            change_every=0.3,
+            min_changes=8,
+            outage=postgres_outages(private_postgres, longest=1.5),
+            outage_every=1.0,
+        )
+    assert report.violations == []
+    assert len(report.outages) >= 2, report.outages
+    assert report.kills + report.leaves > 0
+    assert report.delivered > 1000

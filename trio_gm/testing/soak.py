@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from .. import GroupStore, Member, MemberId, open_node, open_store
+from .postgres import PostgresServer
 
 
 @attrs.define
@@ -246,6 +247,34 @@ async def run_soak(
             slot.leave.set()
             await slot.done.wait()
     return report
+
+
+def postgres_outages(
+    server: PostgresServer, *, longest: float = 3.0
+) -> Callable[[random.Random], Awaitable[str]]:
+    """An ``outage`` for :func:`run_soak` that takes ``server`` away and back.
+
+    Each call draws one of: SIGKILL of the postmaster then a start after up
+    to ``longest`` seconds; ``pg_ctl restart -m immediate`` (crash recovery);
+    ``pg_ctl stop -m fast`` for up to ``longest`` seconds. It returns once
+    the server is back, naming what it did.
+    """
+
+    async def outage(rng: random.Random) -> str:
+        kind = rng.choice(["kill", "restart", "stop"])
+        down = rng.uniform(0.2, longest)
+        if kind == "restart":
+            await server.restart_async(mode="immediate")
+            return "restart -m immediate"
+        if kind == "kill":
+            await server.kill_async()
+        else:
+            await server.stop_async(mode="fast")
+        await trio.sleep(down)
+        await server.start_async()
+        return f"{kind} for {down:.1f} s"
+
+    return outage
 
 
 def _check_finals(report: SoakReport, survivors: list[_Slot]) -> None:
