@@ -77,8 +77,10 @@ async def _assert_outage_seen(stores: list[trio_gm.GroupStore]) -> None:
     (A membership check still backing off when the store came back ends it
     at its next attempt.)
     """
-    for store in stores:
-        assert store.statistics().outages >= 1, store.statistics()
+    await until(
+        lambda: all(store.statistics().outages >= 1 for store in stores),
+        "every store to meet the outage (its membership checks go on)",
+    )
     await until(
         lambda: all(store.statistics().unavailable_for == 0.0 for store in stores),
         "every store to see the end of the outage",
