@@ -668,6 +668,8 @@ class PostgresServer:
     def stop(self, mode: ShutdownMode = "fast", timeout: float = 30.0) -> None:
         """Stop the server (``pg_ctl stop -m MODE -w``); nothing happens if it is not running.
 
+        On return none of its processes is left.
+
         ``fast`` disconnects clients and shuts down cleanly, ``smart`` waits
         for them to disconnect, ``immediate`` quits without a checkpoint
         (crash recovery at the next start). A paused server is resumed first.
@@ -681,6 +683,13 @@ class PostgresServer:
         result = self._pg_ctl("stop", "-m", mode, timeout=timeout)
         if result.returncode != 0:
             raise self._failure(f"stop -m {mode}", result, self._log_since(offset))
+        # pg_ctl returns once the PID file is gone, a moment before the
+        # postmaster itself.
+        self._wait(
+            lambda: not self._live_processes(),
+            time.monotonic() + timeout,
+            f"the processes of {self!r} to exit",
+        )
 
     def restart(self, mode: ShutdownMode = "immediate", timeout: float = 30.0) -> None:
         """``pg_ctl restart -m MODE -w``: stop, then start again on the same port.
