@@ -14,6 +14,7 @@ from ._exceptions import (
     StoreError,
     StoreUnavailable,
     TrioGMError,
+    WouldDeadlock,
 )
 from ._ids import ActorId, MemberId
 from .node import DEFAULT_MAX_IN_FLIGHT, Member, Node, open_node
@@ -55,6 +56,7 @@ __all__ = [
     "StoreStatistics",
     "StoreUnavailable",
     "TrioGMError",
+    "WouldDeadlock",
     "open_node",
     "open_store",
 ]

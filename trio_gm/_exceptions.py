@@ -8,6 +8,8 @@ The tree, written down once::
     │   ├── ActorStopped            a call to an actor that stopped before replying
     │   └── CallTimeout             a call not answered in time (also a TimeoutError)
     ├── MemberStopped               a call on a gm member that has stopped
+    ├── WouldDeadlock               a call from a member's own callback that only the
+    │                               member could answer, after it (also a RuntimeError)
     ├── CookieError                 a cookie file that is unsafe or unreadable (also a ValueError)
     └── StoreError                  the group store
         ├── StoreConfigError        a bad URL or a missing driver: fix the configuration
@@ -18,10 +20,18 @@ Messages say what was expected and what was found. Low-level errors (from
 SQLAlchemy, the database driver, the network) are translated at the edge with
 ``raise ... from exc`` so the original stays attached as ``__cause__``.
 
-A crash inside an actor is not wrapped: the actor's own exception propagates
-out of the ``async with`` block that owns it, the way a failed child escapes
-a trio nursery (so with trio's strict exception groups it arrives inside an
-``ExceptionGroup``, as any nursery failure does).
+Nothing comes out of a trio_gm ``async with`` block wrapped in an
+ExceptionGroup of trio_gm's making. An exception raised by user code inside
+``open_node(...)``, ``node.open_member(...)`` or ``ActorNode.open_actor(...)``
+comes out as itself (a group the user raised, untouched), and so does the
+crash of the member or actor the block owns, as a failed child escapes a
+trio nursery but without the group: a callback's exception carries a note
+(``add_note``) naming the callback, the member and its group. Only when
+several exceptions really happen at once (the user's, while the member
+crashed) do they come out together, in the ExceptionGroup of the block's
+nursery, noted with the block's name; a KeyboardInterrupt among them comes
+out as a KeyboardInterrupt whose ``__cause__`` is that group. Cancellation
+is untouched: a cancelled block leaves as trio expects.
 """
 
 from __future__ import annotations
@@ -49,6 +59,17 @@ class CallTimeout(ActorError, TimeoutError):
 
 class MemberStopped(TrioGMError):
     """The gm member has stopped; it no longer takes calls."""
+
+
+class WouldDeadlock(TrioGMError, RuntimeError):
+    """A call from a member's own callback that the member could only answer after it.
+
+    ``confirmed_broadcast`` from a callback is one: the confirmation needs
+    the member to handle more messages, which it does once the callback
+    returns. ``broadcast`` never waits there; ``info()``, ``group_members()``
+    and ``statistics()`` answer at once; ``leave()`` takes effect when the
+    callback returns.
+    """
 
 
 class CookieError(TrioGMError, ValueError):

@@ -18,7 +18,8 @@ from typing import Any, Final
 import trio
 
 from ._cookie import load_cookie
-from ._exceptions import ActorError, CookieError, MemberStopped
+from ._exceptions import ActorError, CookieError, MemberStopped, WouldDeadlock
+from ._groups import raise_unwrapped
 from ._ids import MemberId
 from .actor import ActorHandle, ActorNode
 from .ring.member import (
@@ -101,6 +102,11 @@ class Member:
             ) from (reason if isinstance(reason, BaseException) else None)
 
     async def _call(self, request: Any) -> Any:
+        if self._in_own_callback():
+            raise WouldDeadlock(
+                f"member {self.id} of group {self.group_name!r} was called ({request!r}) "
+                "from its own callback: it answers only once that callback returns"
+            )
         self._check_alive()
         try:
             return await self._handle.call(request, timeout=math.inf)
@@ -119,10 +125,13 @@ class Member:
             self._check_alive()
             if actor.room.is_set():
                 actor.room = trio.Event()  # shared by every waiting task
-            async with trio.open_nursery() as nursery:
-                # A killed member runs no terminate to wake us: its end does.
-                for event in (actor.room, self._done):
-                    nursery.start_soon(_set_then_cancel, event, nursery.cancel_scope)
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    # A killed member runs no terminate to wake us: its end does.
+                    for event in (actor.room, self._done):
+                        nursery.start_soon(_set_then_cancel, event, nursery.cancel_scope)
+            except BaseExceptionGroup as exc:  # a cancellation of the broadcast
+                raise_unwrapped(exc, "broadcast")
         self._check_alive()
 
     async def broadcast(self, msg: Any, size_hint: int = 0) -> None:
@@ -170,11 +179,16 @@ class Member:
         (as gm does, so the ring stays pipelined): with plain callbacks every
         member's ``handle_msg`` has returned by then; an async ``handle_msg``
         that awaits may still be running.
+
+        From the member's own callbacks it raises
+        :class:`~trio_gm.WouldDeadlock` (a RuntimeError).
         """
         if self._in_own_callback():
-            raise RuntimeError(
-                "confirmed_broadcast from the member's own callback would deadlock: "
-                "the confirmation needs this member to handle more messages; use broadcast"
+            raise WouldDeadlock(
+                f"confirmed_broadcast from a callback of member {self.id} of group "
+                f"{self.group_name!r} would deadlock: the confirmation needs this member "
+                "to handle more messages, which it does once the callback returns; "
+                "use broadcast"
             )
         packed = None
         if self._codec is not None:
@@ -183,12 +197,23 @@ class Member:
         raise_if_shutting_down(await self._call(_ConfirmedBroadcast(msg, packed)), self.id)
 
     async def info(self) -> GroupInfo:
-        """The group name, the current callbacks and the alive members."""
+        """The group name, the current callbacks and the alive members.
+
+        Like ``group_members()`` and ``statistics()``, it answers at once
+        from the member's state when called from its own callbacks.
+        """
+        if self._in_own_callback():
+            await trio.lowlevel.checkpoint()
+            actor = self._actor
+            return GroupInfo(actor.group_name, actor.callbacks, actor.view.alive)
         result: GroupInfo = await self._call(_Request.INFO)
         return result
 
     async def group_members(self) -> list[MemberId]:
         """The alive members of the group, as this member's view has them."""
+        if self._in_own_callback():
+            await trio.lowlevel.checkpoint()
+            return self._actor.view.alive
         result: list[MemberId] = await self._call(_Request.GROUP_MEMBERS)
         return result
 
@@ -204,6 +229,9 @@ class Member:
 
     async def statistics(self) -> MemberStatistics:
         """A snapshot: view version, ring size, pending acks, counters."""
+        if self._in_own_callback():
+            await trio.lowlevel.checkpoint()
+            return self._actor._statistics()
         result: MemberStatistics = await self._call(_Request.STATISTICS)
         return result
 
@@ -211,11 +239,27 @@ class Member:
         """Leave the group (``handle_terminate(args, "normal")``) and wait for it.
 
         Broadcasts accepted before ``leave`` are still sent.
+
+        From the member's own callbacks it cannot wait for that: it returns
+        at once, and when the callback returns the member stops as if the
+        callback had returned ``Stop("normal")`` (a ``Stop`` it does return
+        gives its reason instead): once its own messages have gone round,
+        and the rest of a batch of messages is not delivered. From
+        ``handle_terminate`` the member is already stopping: it does nothing.
         """
+        if self._in_own_callback():
+            await trio.lowlevel.checkpoint()
+            self._actor.leave_requested = True
+            return
         await self._handle.stop("normal")
 
     def kill(self) -> None:
-        """End the member abruptly: no ``handle_terminate``, no leave."""
+        """End the member abruptly: no ``handle_terminate``, no leave.
+
+        From the member's own callback ``kill()`` does not return: the
+        member ends there (the callback's ``finally`` blocks run; nothing
+        else of the member does), as an Erlang process that kills itself.
+        """
         self._handle.kill()
 
     @property
@@ -279,8 +323,10 @@ class Node:
         Returns once the member has joined and holds its starting state
         (after ``joined`` was called). Leaving the block for any reason,
         cancellation included, leaves the group. An exception raised by a
-        callback stops the member and propagates out of the block, as a
-        failed child propagates out of a nursery.
+        callback stops the member and propagates out of the block as itself
+        (not in an ExceptionGroup), with a note naming the callback and the
+        member; so does an exception raised in the block. Only several at
+        once (the block's and the member's) come out together, in a group.
         """
         if not isinstance(group, str) or not group:
             raise ValueError(f"group must be a non-empty str, got {group!r}")
@@ -308,22 +354,30 @@ class Node:
             )
 
         actor = new_actor()
-        async with trio.open_nursery() as nursery:
-            while True:
+        raised: BaseException | None = None
+        try:
+            # Strict: whatever leaves it is a group made for it (see _groups).
+            async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                while True:
+                    try:
+                        handle = await self.actors.start_actor(nursery, actor)
+                    except OrphanedJoin:
+                        # Our left died between recording us and handing over
+                        # its state; we left as a dead member: join again, new id.
+                        actor = new_actor()
+                        continue
+                    break
+                member = Member(actor, handle, self.codec, self.max_message_size)
                 try:
-                    handle = await self.actors.start_actor(nursery, actor)
-                except OrphanedJoin:
-                    # Our left died between recording us and handing over its
-                    # state; we left as a dead member: join again, new id.
-                    actor = new_actor()
-                    continue
-                break
-            member = Member(actor, handle, self.codec, self.max_message_size)
-            try:
-                await member._call(_Request.AWAIT_READY)
-                yield member
-            finally:
-                handle.stop_nowait("normal")
+                    await member._call(_Request.AWAIT_READY)
+                    yield member
+                except BaseException as exc:
+                    raised = exc
+                    raise
+                finally:
+                    handle.stop_nowait("normal")
+        except BaseExceptionGroup as exc:
+            raise_unwrapped(exc, f"open_member({group!r})", raised)
 
 
 def _check_int(name: str, value: object, least: int, unit: str = "") -> int:
@@ -460,9 +514,16 @@ async def open_node(
         max_handshakes=max_handshakes,
     )
     actors.remote = transport
-    async with trio.open_nursery() as nursery:
-        await nursery.start(transport.serve, listeners)
-        try:
-            yield Node(store, actors, transport, max_message_size=max_message_size)
-        finally:
-            nursery.cancel_scope.cancel()
+    raised: BaseException | None = None
+    try:
+        async with trio.open_nursery(strict_exception_groups=True) as nursery:
+            await nursery.start(transport.serve, listeners)
+            try:
+                yield Node(store, actors, transport, max_message_size=max_message_size)
+            except BaseException as exc:
+                raised = exc
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as exc:
+        raise_unwrapped(exc, f"open_node(listen={listen!r})", raised)

@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from .._exceptions import ActorStopped, CallTimeout, NoSuchActor
+from .._groups import raise_unwrapped
 from .._ids import ActorId
 from ._messages import Down, From, MonitorRef
 
@@ -263,14 +264,23 @@ class ActorNode:
         has handled the messages already sent to it, and waits for that; an
         exception in the block, or a cancellation of an enclosing scope,
         stops it with ``"shutdown"``. If the actor crashes, its
-        exception propagates out of the block as a failed nursery child does.
+        exception propagates out of the block as a failed nursery child does,
+        but as itself, not in an ExceptionGroup; so does an exception raised
+        in the block (several at once come out in a group: see ``_groups``).
         """
-        async with trio.open_nursery() as nursery:
-            handle = await self.start_actor(nursery, behaviour)
-            try:
-                yield handle
-            finally:
-                handle.stop_nowait("normal")
+        raised: BaseException | None = None
+        try:
+            async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                handle = await self.start_actor(nursery, behaviour)
+                try:
+                    yield handle
+                except BaseException as exc:
+                    raised = exc
+                    raise
+                finally:
+                    handle.stop_nowait("normal")
+        except BaseExceptionGroup as exc:
+            raise_unwrapped(exc, f"open_actor({type(behaviour).__name__})", raised)
 
     async def start_actor(self, nursery: trio.Nursery, behaviour: Any) -> ActorHandle:
         """Start ``behaviour`` as an actor in ``nursery``; return once ``init`` has run."""

@@ -17,6 +17,12 @@ a handler raises           yes, with the exception the exception; it propagates
 ``handle.kill()``          no                      ``"killed"``
 =========================  ======================  ===========================
 
+``handle.kill()`` from the actor's own task (a handler killing its own
+actor) does not return: it raises a private BaseException that unwinds the
+handler (its ``finally`` blocks run) and ends the actor there, as an Erlang
+process that kills itself; from any other task the actor ends at its next
+checkpoint.
+
 ``terminate`` runs shielded from cancellation, bounded by
 ``TERMINATE_TIMEOUT`` seconds, so an actor stopped by a cancelled owner still
 gets to clean up and never hangs its owner.
@@ -24,6 +30,7 @@ gets to clean up and never hangs its owner.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final
@@ -61,6 +68,10 @@ TERMINATE_TIMEOUT: Final = 5.0
 _FAIRNESS_BUDGET: Final = 64
 
 _STOP: Final = "stop"
+
+
+class _Killed(BaseException):
+    """Unwinds an actor's task from a ``kill()`` it made of itself."""
 
 
 class Actor:
@@ -237,6 +248,8 @@ class ActorCell:
         self.monitors: dict[MonitorRef, ActorId] = {}
         self.timers: dict[TimerRef, trio.CancelScope] = {}
         self.nursery: trio.Nursery | None = None
+        #: The task ``run`` runs in.
+        self.task: trio.lowlevel.Task | None = None
         self.done = trio.Event()
         self.stopping = False
         self.handled = 0
@@ -285,6 +298,8 @@ class ActorCell:
         # queued messages without one: close the mailbox (after cancelling,
         # so that a parked actor wakes up cancelled, not with mail).
         self.mailbox.close()
+        if self.task is not None and trio.lowlevel.current_task() is self.task:
+            raise _Killed  # from a handler of its own: end right here
 
     # -- timers -----------------------------------------------------------
 
@@ -316,6 +331,7 @@ class ActorCell:
     # -- the task ---------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[ActorHandle]) -> None:
+        self.task = trio.lowlevel.current_task()
         self.node.register(self)
         reason: Any = "normal"
         # A crash is caught inside the helper nursery and re-raised outside
@@ -337,6 +353,8 @@ class ActorCell:
                             reason = "shutdown"
                             await self._terminate_shielded(reason)
                         raise
+                    except _Killed:
+                        pass  # it killed itself: _die says "killed"
                     except BaseException as exc:
                         reason = crash = exc
                         if started:
@@ -351,7 +369,9 @@ class ActorCell:
     async def _terminate_shielded(self, reason: Any) -> None:
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + TERMINATE_TIMEOUT
-            await _maybe_await(self.behaviour.terminate(reason))
+            # (It may kill itself there: the end it was headed for stands.)
+            with contextlib.suppress(_Killed):
+                await _maybe_await(self.behaviour.terminate(reason))
 
     def _die(self, reason: Any) -> None:
         self.stopping = True

@@ -12,7 +12,11 @@ Callbacks (``joined``, ``members_changed``, ``handle_msg``,
 plain or async. Their results: None to carry on, :class:`Stop` to stop (once
 this member's own messages have gone round: RabbitMQ issue 224), or
 :class:`Become` to carry on with other callbacks and args (for the rest of a
-batch too).
+batch too). ``member.leave()`` awaited in a callback counts as its returning
+``Stop("normal")`` (it can only be awaited inside a coroutine, so only the
+results of coroutines are checked for it: the plain path costs nothing).
+An exception a callback raises stops the member, noted with the callback's
+name and the member's.
 """
 
 from __future__ import annotations
@@ -171,6 +175,8 @@ _NOREPLY_THEN_FLUSH: Final = NoReply(timeout=0)
 #: Cast to self when the owner's first broadcast lands in an empty ``incoming``.
 _BROADCASTS: Final = "broadcasts"
 _CHECK_STOP: Final = "check-stop"
+#: What ``member.leave()`` from a callback stands for.
+_LEAVE: Final = Stop("normal")
 
 
 @attrs.frozen
@@ -269,6 +275,8 @@ class MemberActor(Actor):
         #: Set (and replaced) whenever room appears under ``max_in_flight``.
         self.room = trio.Event()
         self.task: trio.lowlevel.Task | None = None
+        #: ``member.leave()`` was awaited in the running callback.
+        self.leave_requested = False
 
     # -- state the owner's handle reads ---------------------------------
 
@@ -299,12 +307,29 @@ class MemberActor(Actor):
     # -- callbacks --------------------------------------------------------
 
     async def _callback(self, name: str, *arguments: Any) -> Stop | None:
-        result = getattr(self.callbacks, name)(self.args, *arguments)
-        if type(result) is CoroutineType:
-            result = await result
-        return self._result(name, result)
+        try:
+            result = getattr(self.callbacks, name)(self.args, *arguments)
+            if type(result) is CoroutineType:
+                result = await result
+            return self._result(name, result)
+        except Exception as exc:
+            self._note(exc, name)
+            raise
+
+    def _note(self, exc: BaseException, name: str) -> None:
+        """Name the callback ``exc`` came out of, and its member (it stops it)."""
+        if type(exc) is not _StopMember:
+            exc.add_note(
+                f"raised by {type(self.callbacks).__name__}.{name}, a callback of member "
+                f"{self.self_id} of group {self.group_name!r}"
+            )
 
     def _result(self, name: str, result: Any) -> Stop | None:
+        if self.leave_requested:
+            # member.leave() from this callback: Stop("normal"), unless it
+            # returned a Stop of its own.
+            self.leave_requested = False
+            return self._result(name, result) or _LEAVE
         if result is None:
             return None
         if type(result) is Become:
@@ -410,9 +435,14 @@ class MemberActor(Actor):
                 await self._take_broadcasts()
             self._flush()
         self.room.set()
-        result = self.callbacks.handle_terminate(self.args, gm_reason)
-        if type(result) is CoroutineType:
-            await result
+        try:
+            result = self.callbacks.handle_terminate(self.args, gm_reason)
+            if type(result) is CoroutineType:
+                await result
+        except Exception as exc:
+            if exc is not gm_reason:  # (a crash handle_terminate raises again is noted)
+                self._note(exc, "handle_terminate")
+            raise
 
     def _store_lost(self, exc: StoreUnavailable) -> ActorStop:
         log.error("member %s of group %r stops: %s", self.self_id, self.group_name, exc)
@@ -539,56 +569,60 @@ class MemberActor(Actor):
         and buffered for the next flush; alone, delivery is all there is.
         """
         me = self.self_id
-        while self.incoming:
-            batch, self.incoming = self.incoming, []
-            handle_msg, args = self.callbacks.handle_msg, self.args
-            buffer = self.buffer
-            alone = self.right[0] == me
-            budget = self.max_batch_bytes
-            for index, (msg, wire, size_hint) in enumerate(batch):
-                if self.shutting_down is not None:
-                    log.warning(
-                        "member %s is shutting down (%r): %d broadcasts dropped",
-                        me,
-                        self.shutting_down,
-                        len(batch) - index,
-                    )
-                    break
-                if not alone:
-                    if budget is not None and wire is not msg:
-                        # Cut batches by encoded bytes: no activity may
-                        # exceed the frame budget, whatever the size hints.
-                        size = len(wire[1])
-                        if buffer and self.buffer_bytes + size > budget:
-                            self._flush()
-                            buffer = self.buffer
-                            # Let the connections run (heartbeats among
-                            # them) between two large frames; shielded, as
-                            # a leave takes its broadcasts here too.
-                            await trio.lowlevel.cancel_shielded_checkpoint()
-                            alone = self.right[0] == me
-                        self.buffer_bytes += size
-                    self.pub_count += 1
-                    buffer.append(wire)
-                    if size_hint:
-                        self.buffer_size += size_hint
-                        if self.buffer_size > MAX_BUFFER_SIZE:
-                            self._flush()
-                            buffer = self.buffer
-                self.delivered += 1
-                result = handle_msg(args, me, msg)
-                if result is None:
-                    continue
-                if type(result) is CoroutineType:
-                    result = await result
-                    # Other messages may have been handled meanwhile.
-                    buffer, alone = self.buffer, self.right[0] == me
-                stop = self._result("handle_msg", result)
+        try:
+            while self.incoming:
+                batch, self.incoming = self.incoming, []
                 handle_msg, args = self.callbacks.handle_msg, self.args
-                if stop is not None:
-                    # Deferred while our messages are in flight: the rest
-                    # of the batch is dropped above.
-                    self._check(stop)
+                buffer = self.buffer
+                alone = self.right[0] == me
+                budget = self.max_batch_bytes
+                for index, (msg, wire, size_hint) in enumerate(batch):
+                    if self.shutting_down is not None:
+                        log.warning(
+                            "member %s is shutting down (%r): %d broadcasts dropped",
+                            me,
+                            self.shutting_down,
+                            len(batch) - index,
+                        )
+                        break
+                    if not alone:
+                        if budget is not None and wire is not msg:
+                            # Cut batches by encoded bytes: no activity may
+                            # exceed the frame budget, whatever the size hints.
+                            size = len(wire[1])
+                            if buffer and self.buffer_bytes + size > budget:
+                                self._flush()
+                                buffer = self.buffer
+                                # Let the connections run (heartbeats among
+                                # them) between two large frames; shielded, as
+                                # a leave takes its broadcasts here too.
+                                await trio.lowlevel.cancel_shielded_checkpoint()
+                                alone = self.right[0] == me
+                            self.buffer_bytes += size
+                        self.pub_count += 1
+                        buffer.append(wire)
+                        if size_hint:
+                            self.buffer_size += size_hint
+                            if self.buffer_size > MAX_BUFFER_SIZE:
+                                self._flush()
+                                buffer = self.buffer
+                    self.delivered += 1
+                    result = handle_msg(args, me, msg)
+                    if result is None:
+                        continue
+                    if type(result) is CoroutineType:
+                        result = await result
+                        # Other messages may have been handled meanwhile.
+                        buffer, alone = self.buffer, self.right[0] == me
+                    stop = self._result("handle_msg", result)
+                    handle_msg, args = self.callbacks.handle_msg, self.args
+                    if stop is not None:
+                        # Deferred while our messages are in flight: the rest
+                        # of the batch is dropped above.
+                        self._check(stop)
+        except Exception as exc:
+            self._note(exc, "handle_msg")
+            raise
         self._signal_room()
 
     async def _on_confirmed_broadcast(self, request: _ConfirmedBroadcast, from_: From) -> Any:
@@ -715,7 +749,11 @@ class MemberActor(Actor):
         # Deliver before erasing (gm erases first): an erasure can report a
         # publisher of this very batch dead, and nothing may be delivered
         # from a member after its death was reported (found by the explorer).
-        delivered = await self._deliver(out)
+        try:
+            delivered = await self._deliver(out)
+        except Exception as exc:
+            self._note(exc, "handle_msg")
+            raise
         self._check(await self._maybe_erase_aliases(self.view))
         self._check(delivered)
 
@@ -740,7 +778,7 @@ class MemberActor(Actor):
                     continue
                 if type(result) is CoroutineType:
                     result = await result
-                    if result is None:
+                    if result is None and not self.leave_requested:
                         continue
                 stop = self._result("handle_msg", result)
                 if stop is not None:
