@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import trio
 
+from ._address import format_address, is_wildcard, parse_advertise
 from ._cookie import load_cookie
 from ._exceptions import ActorError, CookieError, MemberStopped, WouldDeadlock
 from ._groups import raise_unwrapped
@@ -282,7 +283,9 @@ class Node:
         transport: Transport | None = None,
         *,
         max_message_size: int | None = None,
+        listen_address: str | None = None,
     ) -> None:
+        self._listen_address = listen_address
         self.store = store
         self.actors = actors
         self.transport = transport
@@ -298,11 +301,19 @@ class Node:
 
     @property
     def address(self) -> str | None:
-        """``host:port`` this node listens on, or None for a node of one process."""
+        """``host:port`` peers dial to reach this node (the advertised address).
+
+        None for a node of one process. IPv6 hosts come in brackets.
+        """
         if self.transport is None:
             return None
         host, port = split_address(self.transport.name)
-        return f"{host}:{port}"
+        return format_address(host, port)
+
+    @property
+    def listen_address(self) -> str | None:
+        """``host:port`` this node's socket is bound to (None for a node of one process)."""
+        return self._listen_address
 
     def statistics(self) -> TransportStatistics | None:
         """Peers, bytes and frames in and out, reconnects (None without ``listen``)."""
@@ -395,6 +406,7 @@ async def open_node(
     *,
     name: str | None = None,
     listen: str | None = None,
+    advertise: str | None = None,
     cookie: str | bytes | None = None,
     ssl_context: ssl.SSLContext | None = None,
     ssl_client_context: ssl.SSLContext | None = None,
@@ -408,8 +420,16 @@ async def open_node(
     """A node for members of groups kept in ``store``, for the block's duration.
 
     Without ``listen`` every member lives in this process. With
-    ``listen="host:port"`` (port 0 picks a free one; ``node.address`` says
-    which) members of other nodes can reach this node's members over TCP.
+    ``listen="host:port"`` (port 0 picks a free one; ``[::1]:0`` for IPv6)
+    members of other nodes can reach this node's members over TCP.
+    ``advertise="HOST"`` or ``"HOST:PORT"`` is the address peers dial: it
+    goes into the node's name, and so into every member id on it and into
+    the store; its port defaults to the bound one (``node.address`` says
+    what peers dial, ``node.listen_address`` what was bound). Without it the
+    listen host is advertised, so a wildcard ``listen`` (``0.0.0.0``,
+    ``::``), which names no address, needs ``advertise`` and is a
+    ``ValueError`` without it. A peer may dial any address that reaches
+    the node: the handshake checks the cookie, not the address.
     A peer must prove it knows the node's cookie (HMAC challenge-response;
     the cookie is never sent) before anything it sends is accepted. A node
     always has a cookie: without ``cookie`` it reads the per-user cookie
@@ -459,8 +479,15 @@ async def open_node(
     if store_outage_timeout is not None:
         store = store.with_outage_timeout(store_outage_timeout, name="store_outage_timeout")
     if listen is None:
-        if cookie is not None or ssl_context is not None or ssl_client_context is not None:
-            raise ValueError("cookie and TLS contexts only make sense with listen='host:port'")
+        if (
+            cookie is not None
+            or ssl_context is not None
+            or ssl_client_context is not None
+            or advertise is not None
+        ):
+            raise ValueError(
+                "cookie, advertise and TLS contexts only make sense with listen='host:port'"
+            )
         node = Node(store, ActorNode(name))
         await trio.lowlevel.checkpoint()
         yield node
@@ -468,6 +495,17 @@ async def open_node(
     if (ssl_context is None) != (ssl_client_context is None):
         raise ValueError("TLS needs both ssl_context (to accept) and ssl_client_context (to dial)")
     host, port = split_address(listen)
+    if advertise is not None:
+        advertised_host, advertised_port = parse_advertise(advertise)
+    elif is_wildcard(host):
+        raise ValueError(
+            f"listen={listen!r} binds every interface, so it names no address peers can "
+            "dial, and this node's name (which every member id on it carries) must be one: "
+            "also pass advertise='HOST' (or 'HOST:PORT'), this host's address as the other "
+            "hosts reach it; from the command line, --advertise HOST"
+        )
+    else:
+        advertised_host, advertised_port = host, None
     if not (heartbeat_interval > 0):
         raise ValueError(f"heartbeat_interval must be > 0 seconds, got {heartbeat_interval!r}")
     _check_int("max_frame_size", max_frame_size, 1024, " bytes")
@@ -500,7 +538,9 @@ async def open_node(
             )
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
-    node_name = f"{host}:{bound[1]}#{secrets.token_hex(4)}"
+    node_name = (
+        f"{format_address(advertised_host, advertised_port or bound[1])}#{secrets.token_hex(4)}"
+    )
     actors = ActorNode(node_name)
     transport = Transport(
         actors,
@@ -519,7 +559,13 @@ async def open_node(
         async with trio.open_nursery(strict_exception_groups=True) as nursery:
             await nursery.start(transport.serve, listeners)
             try:
-                yield Node(store, actors, transport, max_message_size=max_message_size)
+                yield Node(
+                    store,
+                    actors,
+                    transport,
+                    max_message_size=max_message_size,
+                    listen_address=format_address(str(bound[0]), int(bound[1])),
+                )
             except BaseException as exc:
                 raised = exc
                 raise

@@ -233,7 +233,7 @@ async def test_no_cookie_means_the_cookie_file_on_any_address_and_an_empty_one_i
     sqlite_store: trio_gm.GroupStore,
 ) -> None:
     # A node always has a cookie, so listening beyond loopback needs no cookie=.
-    async with trio_gm.open_node(sqlite_store, listen="0.0.0.0:0") as node:
+    async with trio_gm.open_node(sqlite_store, listen="0.0.0.0:0", advertise="127.0.0.1") as node:
         assert node.transport is not None
         assert node.transport.cookie == await load_cookie()
         assert len(node.transport.cookie) == 64
