@@ -112,9 +112,11 @@ class Member:
         try:
             return await self._handle.call(request, timeout=math.inf)
         except ActorError as exc:
+            reason = self._actor.stop_reason
             raise MemberStopped(
                 f"member {self.id} of group {self.group_name!r} stopped before answering"
-            ) from exc
+                + (f" ({reason!r})" if reason else "")
+            ) from (reason if isinstance(reason, BaseException) else exc)
 
     def _in_own_callback(self) -> bool:
         return trio.lowlevel.current_task() is self._actor.task
