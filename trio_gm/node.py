@@ -31,7 +31,7 @@ from .ring.member import (
     _ValidateMembers,
     raise_if_shutting_down,
 )
-from .store import GroupStore
+from .store import GroupStore, check_group_name
 from .transport.codec import Codec
 from .transport.tcp import (
     DEFAULT_HEARTBEAT,
@@ -281,8 +281,7 @@ class Node:
         callback stops the member and propagates out of the block, as a
         failed child propagates out of a nursery.
         """
-        if not isinstance(group, str) or not group:
-            raise ValueError(f"group must be a non-empty str, got {group!r}")
+        check_group_name(group)
         missing = [name for name in _CALLBACKS if not callable(getattr(callbacks, name, None))]
         if missing:
             raise TypeError(

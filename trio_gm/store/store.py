@@ -90,6 +90,7 @@ from . import ops
 from ._engine import BEGIN_OPTION, EngineSetup, create_store_engine, retry_kind
 from .codec import members_from_json, members_to_json
 from .model import Group, LostMembership
+from .names import check_group_name
 from .schema import gm_group, metadata, table_definitions
 
 __all__ = [
@@ -252,6 +253,7 @@ class GroupStore:
 
     async def read_group(self, name: str) -> Group | None:
         """The group as last committed, or None if there is no such group."""
+        check_group_name(name)
         self._counters.reads += 1
 
         def read(conn: Connection) -> Group | None:
@@ -280,7 +282,12 @@ class GroupStore:
         thread and may run several times (once per attempt), so it must be
         a pure function of its argument. An exception it raises rolls the
         transaction back and propagates unchanged.
+
+        A name no store can hold (see :mod:`trio_gm.store.names`) is a
+        ``ValueError`` here, as in :meth:`read_group`, before any database
+        work; every other method that takes a group name comes through here.
         """
+        check_group_name(name)
 
         def attempt(conn: Connection) -> tuple[bool, R]:
             current = self._select(conn, name)
