@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import json
+import socket
+import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+import trio
+
+from tests.net.procs import WAIT, MemberProcess
+from trio_gm import MemberId
+from trio_gm.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED_BY_GROUP,
+    EXIT_STOPPED_BY_STORE,
+    EXIT_USAGE,
+)
+from trio_gm.store import open_store
 
 
-def trio_gm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def trio_gm(*args: str | bytes, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "trio_gm.cli", *args],
         capture_output=True,
         text=True,
+        errors="replace",
         timeout=timeout,
         check=False,
     )
@@ -51,18 +69,40 @@ def test_bench_with_one_process_per_member() -> None:
     assert figures["delivered_to_all_per_s"] > 0
 
 
+def assert_one_line_failure(
+    result: subprocess.CompletedProcess[str], status: int, message: str
+) -> None:
+    """Failed with ``status`` and said why on one line of standard error (after
+    argparse's usage, for bad arguments), with no traceback."""
+    assert result.returncode == status, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    if lines and lines[0].startswith("usage:"):
+        lines = [line for line in lines if "error:" in line]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["bench", "--members", "0"], "expected at least 1, got 0"),
         (["demo", "--seconds", "soon"], "expected a number of seconds, got 'soon'"),
         (["soak", "--seconds", "-1"], "expected a positive number of seconds"),
-        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["frobnicate"], "invalid choice: 'frobnicate' (choose from 'demo', 'bench', 'soak', "),
+        ([], "the following arguments are required: COMMAND"),
+        (["--log-level", "LOUD", "demo"], "invalid choice: 'LOUD'"),
         (
             ["soak", "--seconds", "1", "--store", "postgresql+psycopg://postgres@127.0.0.1:1/x"],
             "cannot connect to postgresql+psycopg://postgres@127.0.0.1:1/x",
         ),
+        (
+            ["bench", "--processes", "--store", "postgresql+psycopg://postgres@127.0.0.1:1/x"],
+            "cannot connect to postgresql+psycopg://postgres@127.0.0.1:1/x",
+        ),
         (["soak", "--seconds", "1", "--store", "nosuchdb://x"], "nosuchdb"),
+        (["demo", "--store", "not a url"], "malformed store URL 'not a url'"),
+        (["bench", "--store", "sqlite:////nonexistent/dir/x.db"], "unable to open database file"),
         (
             ["member", "--store", "sqlite://", "--group", "g", "--cookie-file", "/nonexistent"],
             "cannot read the cookie file '/nonexistent'",
@@ -71,13 +111,90 @@ def test_bench_with_one_process_per_member() -> None:
             ["member", "--store", "sqlite://", "--group", "g", "--cookie-file", "/dev/null"],
             "the cookie file '/dev/null' is not a regular file",
         ),
+        (
+            [
+                "bench-worker",
+                "--store",
+                "sqlite://",
+                "--cookie-file",
+                "/nonexistent",
+                "--seconds",
+                "1",
+            ],
+            "cannot read the cookie file '/nonexistent'",
+        ),
+        (
+            ["member", "--store", "sqlite://", "--group", "g", "--schema", "s"],
+            "schema='s' needs PostgreSQL",
+        ),
+        (
+            ["member", "--store", "sqlite://", "--group", "g", "--listen", "nonsense"],
+            "expected an address 'host:port' with a port 0-65535, got 'nonsense'",
+        ),
+        (
+            ["member", "--store", "sqlite://", "--group", "g", "--listen", "127.0.0.1:70000"],
+            "with a port 0-65535, got '127.0.0.1:70000'",
+        ),
+        (
+            ["member", "--store", "sqlite://", "--group", "g", "--listen", "192.0.2.1:0"],
+            "cannot listen on 192.0.2.1:0: [Errno 99]",
+        ),
+        (
+            ["member", "--store", "sqlite://", "--group", "g", "--heartbeat", "0"],
+            "argument --heartbeat: expected a positive number of seconds, got '0'",
+        ),
+        (
+            ["member", "--store", "sqlite://", "--group", "x" * 256],
+            "argument --group: group name 'xxxxxxxxxx",
+        ),
+        (["member", "--store", "sqlite://", "--group", ""], "group name must be a non-empty str"),
+        # A byte that is not UTF-8 reaches Python as a lone surrogate.
+        (["member", "--store", "sqlite://", "--group", b"room\xff"], "lone surrogate '\\udcff'"),
     ],
 )
-def test_bad_arguments_are_clear_errors_without_tracebacks(args: list[str], message: str) -> None:
-    result = trio_gm(*args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_arguments_are_clear_errors_without_tracebacks(
+    args: list[str | bytes], message: str
+) -> None:
+    assert_one_line_failure(trio_gm(*args), EXIT_USAGE, message)
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = trio_gm("member", "--store", "sqlite://", "--group", "g", "--listen",
+                         f"127.0.0.1:{port}")  # fmt: skip
+    assert_one_line_failure(
+        result, EXIT_USAGE, f"cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"
+    )
+
+
+def test_log_level_debug_shows_the_traceback_too() -> None:
+    result = trio_gm(
+        "--log-level", "DEBUG", "member", "--store", "sqlite://", "--group", "g",
+        "--listen", "nonsense",
+    )  # fmt: skip
+    assert result.returncode == EXIT_USAGE
+    assert "Traceback" in result.stderr
+    assert "ValueError: expected an address 'host:port'" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "trio-gm member: expected an address 'host:port' with a port 0-65535, got 'nonsense'"
+    )
+
+
+def test_help_lists_the_commands_and_the_exit_statuses() -> None:
+    result = trio_gm("--help")
+    assert result.returncode == EXIT_OK
+    assert "SUPPRESS" not in result.stdout
+    assert "bench-worker" not in result.stdout
+    for command in ("demo", "bench", "soak", "member"):
+        assert f"    {command}  " in result.stdout
+    member = trio_gm("member", "--help").stdout
+    for help_text in (result.stdout, member):
+        assert "exit status:" in help_text
+        for status in ("0", "1", "2", "3", "4", "130"):
+            assert f"\n  {status} " in help_text
 
 
 def test_every_command_explains_itself() -> None:
@@ -85,3 +202,196 @@ def test_every_command_explains_itself() -> None:
         result = trio_gm(command, "--help")
         assert result.returncode == 0
         assert "usage: trio-gm" in result.stdout
+        assert "exit status" in result.stdout
+
+
+# -- trio-gm member, run as a user runs it ---------------------------------------
+
+GROUP = "cli"
+
+
+class Stderr:
+    """All a process writes on standard error, once it has closed it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.closed = trio.Event()
+
+    async def collect(self, stream: trio.abc.ReceiveStream) -> None:
+        data = b""
+        async for chunk in stream:
+            data += chunk
+        self.text = data.decode(errors="replace")
+        self.closed.set()
+
+
+class Members:
+    """``trio-gm member --json`` processes of one group on one SQLite file."""
+
+    def __init__(self, url: str, nursery: trio.Nursery) -> None:
+        self.url = url
+        self.nursery = nursery
+        self.procs: list[MemberProcess] = []
+        self.stderr: dict[str, Stderr] = {}
+
+    async def start(self, name: str) -> MemberProcess:
+        proc = MemberProcess(name)
+        self.procs.append(proc)
+        await proc.start(
+            self.nursery,
+            ["--store", self.url, "--group", GROUP, "--listen", "127.0.0.1:0"],
+            stderr=subprocess.PIPE,
+        )
+        assert proc.process is not None
+        assert proc.process.stderr is not None
+        self.stderr[name] = Stderr()
+        self.nursery.start_soon(self.stderr[name].collect, proc.process.stderr)
+        return proc
+
+    async def exit_status(self, proc: MemberProcess) -> tuple[int, str]:
+        """Wait until ``proc`` exits, with nothing written to its input meanwhile."""
+        assert proc.process is not None
+        with trio.fail_after(WAIT):
+            status = await proc.process.wait()
+            await self.stderr[proc.name].closed.wait()
+        return status, self.stderr[proc.name].text
+
+    async def ids(self) -> dict[str, MemberId]:
+        """The stored ring's member ids, by the name each process printed."""
+        async with open_store(self.url) as store:
+            group = await store.read_group(GROUP)
+        assert group is not None
+        return {str(m.id): m.id for m in group.members}
+
+
+@asynccontextmanager
+async def members(tmp_path: Path) -> AsyncIterator[Members]:
+    async with trio.open_nursery() as nursery:
+        launcher = Members(f"sqlite:///{tmp_path / 'gm.db'}", nursery)
+        try:
+            yield launcher
+        finally:
+            with trio.CancelScope(shield=True):
+                for proc in launcher.procs:
+                    await proc.stop()
+            nursery.cancel_scope.cancel()
+
+
+def assert_said_once(stderr: str, *parts: str) -> None:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for part in parts:
+        assert part in lines[0], stderr
+
+
+async def test_a_member_that_loses_its_membership_says_so_and_exits_3(tmp_path: Path) -> None:
+    async with members(tmp_path) as group:
+        a = await group.start("a")
+        b = await group.start("b")
+        await a.expect(lambda e: e["event"] == "members_changed" and e["births"] == [b.id])
+        ids = await group.ids()
+        # What the others do to a member they find unresponsive: record it dead.
+        async with open_store(group.url) as store:
+            await store.record_dead_member(GROUP, ids[b.id], ids[a.id])
+        await b.command("flood-forever")  # a's next membership check finds it dead
+        status, stderr = await group.exit_status(a)
+        assert status == EXIT_STOPPED_BY_GROUP
+        assert_said_once(
+            stderr,
+            f"trio-gm member: member {a.id} of group 'cli' lost its membership",
+            "the other members recorded it dead",
+        )
+        assert a.events[-1] == {"event": "terminate", "reason": "shutdown"}
+        # The rest of the group carries on: b sees a's death, confirms, and
+        # `quit` with a flood still running is a clean exit.
+        await b.expect(lambda e: e["event"] == "members_changed" and e["deaths"] == [a.id])
+        await b.command("confirm after")
+        await b.expect(lambda e: e["event"] == "confirmed")
+        await b.command("quit")
+        status, stderr = await group.exit_status(b)
+        assert (status, stderr) == (EXIT_OK, "")
+        assert b.events[-1] == {"event": "terminate", "reason": "normal"}
+
+
+async def test_a_deleted_group_stops_every_member_with_exit_3(tmp_path: Path) -> None:
+    async with members(tmp_path) as group:
+        a = await group.start("a")
+        b = await group.start("b")
+        await a.expect(lambda e: e["event"] == "members_changed" and e["births"] == [b.id])
+        async with open_store(group.url) as store:
+            await store.forget_group(GROUP)
+        await b.command("flood-forever")
+        for proc in (a, b):
+            status, stderr = await group.exit_status(proc)
+            assert status == EXIT_STOPPED_BY_GROUP
+            assert_said_once(stderr, f"member {proc.id} of group 'cli' lost its membership")
+            assert proc.events[-1] == {"event": "terminate", "reason": "shutdown"}
+
+
+def _corrupt_the_row(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE gm_group SET members = '\"not a ring\"'")
+    conn.close()
+
+
+async def test_a_store_that_fails_mid_run_is_one_line_and_exit_4(tmp_path: Path) -> None:
+    async with members(tmp_path) as group:
+        a = await group.start("a")
+        b = await group.start("b")
+        await a.expect(lambda e: e["event"] == "members_changed" and e["births"] == [b.id])
+        await trio.to_thread.run_sync(_corrupt_the_row, tmp_path / "gm.db")
+        await b.command("flood-forever")  # a's next membership check reads the row
+        for proc in (a, b):  # and b's, once a's end breaks the ring
+            status, stderr = await group.exit_status(proc)
+            assert status == EXIT_STOPPED_BY_STORE, stderr
+            assert_said_once(
+                stderr,
+                f"trio-gm member: member {proc.id} of group 'cli' stopped: the store failed: ",
+                "the stored row of group 'cli' is malformed",
+            )
+
+
+async def test_quit_after_flood_forever_leaves_cleanly(tmp_path: Path) -> None:
+    async with members(tmp_path) as group:
+        a = await group.start("a")
+        await a.command("flood-forever")
+        await a.expect(lambda e: e["event"] == "msg" and e["msg"] == 10)  # it is flooding
+        await a.command("flood twelve")
+        await a.expect(lambda e: e["event"] == "error")  # a typo is not the end
+        await a.command("quit")
+        status, stderr = await group.exit_status(a)
+        assert (status, stderr) == (EXIT_OK, "")
+        assert a.events[-1] == {"event": "terminate", "reason": "normal"}
+        errors = [e for e in a.events if e["event"] == "error"]
+        assert errors == [
+            {"event": "error", "message": "flood takes a count (a whole number >= 0), got 'twelve'"}
+        ]
+
+
+async def test_end_of_input_after_flood_forever_leaves_cleanly(tmp_path: Path) -> None:
+    async with members(tmp_path) as group:
+        a = await group.start("a")
+        await a.command("flood-forever")
+        await a.expect(lambda e: e["event"] == "msg" and e["msg"] == 10)
+        assert a.process is not None
+        assert a.process.stdin is not None
+        await a.process.stdin.aclose()
+        status, stderr = await group.exit_status(a)
+        assert (status, stderr) == (EXIT_OK, "")
+
+
+def test_a_closed_standard_output_is_one_line_and_exit_1() -> None:
+    # Like `trio-gm soak | head -1`, with the reader gone before the first line.
+    reader, writer = socket.socketpair()
+    reader.close()
+    with writer:
+        result = subprocess.run(
+            [sys.executable, "-m", "trio_gm.cli", "soak", "--seconds", "0.5"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert_one_line_failure(result, EXIT_FAILED, "standard output was closed")

@@ -18,28 +18,47 @@ standard input, one a line:
 ``quit``              leave the group and exit
 ====================  ===================================================
 
-Ctrl-C (or end of input) leaves the group cleanly. With ``--json`` every
-line printed is one JSON object (for programs driving the member).
+Ctrl-C, SIGTERM or end of input leaves the group cleanly. With ``--json``
+every line printed is one JSON object (for programs driving the member).
+If the member stops on its own (it lost its membership, or the store
+failed) the command stops reading its input, prints one line on standard
+error saying why, and exits with status 3 or 4 (see :data:`EXIT_STATUSES`).
+
+Every failure a user can cause (a bad argument, URL, cookie file or
+address, an unreachable store, a member stopped by its group or its store)
+is one line on standard error and a documented exit status, never a
+traceback; ``--log-level DEBUG`` logs the traceback too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
 
-from . import CookieError, Member, MemberId, StoreError, open_node, open_store
+from . import (
+    CookieError,
+    GroupStore,
+    Member,
+    MemberId,
+    MemberStopped,
+    StoreError,
+    open_node,
+    open_store,
+)
 from ._bench import (
     BenchResult,
     CountingMember,
@@ -49,13 +68,53 @@ from ._bench import (
     percentiles,
 )
 from ._cookie import load_cookie
+from .store import check_group_name
 from .testing.soak import SoakMember, SoakReport, check_finals, print_report, run_soak
 
 log = logging.getLogger("trio_gm.cli")
 
 
-class UsageError(Exception):
-    """A bad argument: printed without a traceback, exit status 2."""
+#: Exit statuses of every command (``--help`` and the README say the same).
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_STOPPED_BY_GROUP: Final = 3
+EXIT_STOPPED_BY_STORE: Final = 4
+EXIT_INTERRUPTED: Final = 130
+
+EXIT_STATUSES: Final = f"""\
+exit status:
+  {EXIT_OK}    done; member: it left the group (quit, end of input, Ctrl-C, SIGTERM);
+       demo, soak: every guarantee held
+  {EXIT_FAILED}    demo, soak: a guarantee was violated; bench: a worker failed;
+       or standard output was closed
+  {EXIT_USAGE}    bad usage, or what was given does not work at the start: the store
+       URL, an unreachable store, the cookie file, the --listen address, the
+       group name
+  {EXIT_STOPPED_BY_GROUP}    member: stopped by its group: it lost its membership (the other
+       members recorded it dead, or the group was deleted)
+  {EXIT_STOPPED_BY_STORE}    stopped by the store: it failed after the start (member: the store
+       was unreachable for longer than its outage timeout, or refused a change)
+  {EXIT_INTERRUPTED}  demo, bench, soak: interrupted (Ctrl-C)
+Failures are one line on standard error; --log-level DEBUG logs their traceback."""
+
+
+_SEE_EXIT_STATUSES: Final = "exit status: 0 done, 2 bad usage; the others: trio-gm --help"
+
+
+class CommandFailed(Exception):
+    """A failure the user can act on: one line on standard error, exit ``status``."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(CommandFailed):
+    """Bad usage, or something given that does not work at the start: exit status 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_USAGE)
 
 
 class _Printer:
@@ -86,10 +145,13 @@ def _text(value: Any) -> str:
 
 
 class _PrintingMember:
-    """gm callbacks that print every event."""
+    """gm callbacks that print every event, and note when the member stops."""
 
     def __init__(self, out: _Printer) -> None:
         self.out = out
+        #: Set when ``handle_terminate`` runs; ``reason`` is its reason.
+        self.stopped = trio.Event()
+        self.reason: Any = None
 
     def joined(self, args: Any, members: list[MemberId]) -> None:
         self.out("joined", members=[str(m) for m in members])
@@ -103,6 +165,8 @@ class _PrintingMember:
         self.out("msg", sender=str(sender), msg=msg)
 
     def handle_terminate(self, args: Any, reason: Any) -> None:
+        self.reason = reason
+        self.stopped.set()
         self.out("terminate", reason=str(reason))
 
 
@@ -117,33 +181,73 @@ async def _member(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from exc
     # Ctrl-C and SIGTERM are taken from the start, so that even one that
     # arrives while joining ends in a clean leave and exit status 0.
-    failure: UsageError | None = None
+    ended: CommandFailed | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_leave_on_signal, signals, nursery.cancel_scope)
-            try:
-                await _run_member(args, cookie, out, nursery)
-            except (StoreError, ValueError) as exc:
-                failure = UsageError(str(exc))
+            ended = await _run_member(args, cookie, out)
             nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return 0
+    if ended is not None:
+        raise ended
+    return EXIT_OK
 
 
 async def _run_member(
-    args: argparse.Namespace, cookie: bytes | None, out: _Printer, nursery: trio.Nursery
-) -> None:
-    async with open_store(args.store, schema=args.schema) as store:
-        await store.create_tables()
-        async with (
-            open_node(
-                store, listen=args.listen, cookie=cookie, heartbeat_interval=args.heartbeat
-            ) as node,
-            node.open_member(args.group, _PrintingMember(out)) as member,
-        ):
+    args: argparse.Namespace, cookie: bytes | None, out: _Printer
+) -> CommandFailed | None:
+    """Join, run the commands, leave; why the member stopped, if it stopped on its own."""
+    callbacks = _PrintingMember(out)
+    who: str | None = None  # the member, once it has joined
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                store = await stack.enter_async_context(open_store(args.store, schema=args.schema))
+                await store.create_tables()
+                node = await stack.enter_async_context(
+                    open_node(
+                        store, listen=args.listen, cookie=cookie, heartbeat_interval=args.heartbeat
+                    )
+                )
+                member = await stack.enter_async_context(node.open_member(args.group, callbacks))
+            except Exception as exc:
+                failure = _start_failure(exc, args)
+                if failure is None:
+                    raise
+                raise failure from exc
+            who = f"member {member.id} of group {args.group!r}"
             out("ready", id=str(member.id), address=node.address)
-            await _commands(member, out, nursery)
+            stopped = await _commands(member, out, callbacks)
+    except Exception as exc:
+        # A store error that crashed the member comes out of its block.
+        cause = _lone(exc)
+        if who is not None and isinstance(cause, StoreError):
+            raise _stopped_by(who, cause) from exc
+        raise
+    return _stopped_by(who, callbacks.reason) if stopped else None
+
+
+def _start_failure(exc: Exception, args: argparse.Namespace) -> UsageError | None:
+    """What a failure to open the store, the node or the member tells the user."""
+    cause = _lone(exc)
+    if isinstance(cause, OSError) and args.listen is not None:
+        return UsageError(f"cannot listen on {args.listen}: {cause}")
+    if isinstance(cause, StoreError | ValueError):  # CookieError is a ValueError
+        return UsageError(str(cause))
+    return None
+
+
+def _stopped_by(who: str, reason: Any) -> CommandFailed:
+    """The one line and exit status for a member that stopped on its own."""
+    if isinstance(reason, StoreError):
+        return CommandFailed(f"{who} stopped: the store failed: {reason}", EXIT_STOPPED_BY_STORE)
+    if reason == "shutdown":
+        return CommandFailed(
+            f"{who} lost its membership: the store no longer lists it alive "
+            "(the other members recorded it dead, or the group was deleted)",
+            EXIT_STOPPED_BY_GROUP,
+        )
+    text = f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else reason
+    return CommandFailed(f"{who} stopped: {text}", EXIT_STOPPED_BY_GROUP)
 
 
 async def _leave_on_signal(signals: Any, scope: trio.CancelScope) -> None:
@@ -153,7 +257,22 @@ async def _leave_on_signal(signals: Any, scope: trio.CancelScope) -> None:
         return
 
 
-async def _commands(member: Any, out: _Printer, nursery: trio.Nursery) -> None:
+async def _commands(member: Member, out: _Printer, callbacks: _PrintingMember) -> bool:
+    """Run the commands on standard input until ``quit`` or its end; True if the member
+    stopped on its own first (then no more input is read)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_when_set, callbacks.stopped, nursery.cancel_scope)
+        await _read_commands(member, out, nursery)
+        nursery.cancel_scope.cancel()
+    return callbacks.stopped.is_set()
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _read_commands(member: Member, out: _Printer, nursery: trio.Nursery) -> None:
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     buffer = b""
     while True:
@@ -165,34 +284,51 @@ async def _commands(member: Any, out: _Printer, nursery: trio.Nursery) -> None:
             raw, buffer = buffer.split(b"\n", 1)
             line = raw.decode(errors="replace").strip()
             command, _, rest = line.partition(" ")
-            if command == "send":
-                await member.broadcast(rest)
-            elif command == "confirm":
-                await member.confirmed_broadcast(rest)
-                out("confirmed", msg=rest)
-            elif command == "flood":
-                count = int(rest)
-                for i in range(count):
-                    await member.broadcast(i)
-                    if i % 100 == 99:
-                        await trio.lowlevel.checkpoint()
-                out("flooded", count=count)
-            elif command == "flood-forever":
-                nursery.start_soon(_flood_forever, member)
-            elif command == "members":
-                out("members", members=[str(m) for m in await member.group_members()])
-            elif command == "quit":
+            if command == "quit":
                 return
-            elif command:
-                out("error", message=f"unknown command {command!r}")
+            try:
+                await _command(member, out, nursery, command, rest)
+            except MemberStopped:
+                # The member is stopping on its own: its handle_terminate,
+                # which runs before any call fails, ends the commands.
+                await trio.sleep_forever()
 
 
-async def _flood_forever(member: Any) -> None:
+async def _command(
+    member: Member, out: _Printer, nursery: trio.Nursery, command: str, rest: str
+) -> None:
+    if command == "send":
+        await member.broadcast(rest)
+    elif command == "confirm":
+        await member.confirmed_broadcast(rest)
+        out("confirmed", msg=rest)
+    elif command == "flood":
+        if not rest.isdigit():
+            out("error", message=f"flood takes a count (a whole number >= 0), got {rest!r}")
+            return
+        count = int(rest)
+        for i in range(count):
+            await member.broadcast(i)
+            if i % 100 == 99:
+                await trio.lowlevel.checkpoint()
+        out("flooded", count=count)
+    elif command == "flood-forever":
+        nursery.start_soon(_flood_forever, member)
+    elif command == "members":
+        out("members", members=[str(m) for m in await member.group_members()])
+    elif command:
+        out("error", message=f"unknown command {command!r}")
+
+
+async def _flood_forever(member: Member) -> None:
     i = 0
-    while True:
-        await member.broadcast(i)
-        i += 1
-        await trio.sleep(0.0005)
+    try:
+        while True:
+            await member.broadcast(i)
+            i += 1
+            await trio.sleep(0.0005)
+    except MemberStopped:
+        return  # the member stopped on its own: _commands ends
 
 
 # -- demo -------------------------------------------------------------------
@@ -240,88 +376,83 @@ async def _demo(args: argparse.Namespace) -> int:
     slots: list[_DemoSlot] = []
     with tempfile.TemporaryDirectory(prefix="trio-gm-demo-") as tmp:
         url = args.store or f"sqlite:///{tmp}/demo.db"
-        try:
-            async with open_store(url) as store:
-                await store.create_tables()
-                async with open_node(store) as node, trio.open_nursery() as nursery:
+        async with _opened_store(url) as store:
+            async with open_node(store) as node, trio.open_nursery() as nursery:
 
-                    async def run(slot: _DemoSlot, task_status: trio.TaskStatus[None]) -> None:
-                        with trio.CancelScope() as scope:
-                            slot_scopes[slot.name] = scope
-                            async with node.open_member("demo", slot.callbacks) as member:
-                                slot.member = member
-                                slot.callbacks.me = member.id
-                                task_status.started()
-                                while not slot.stop.is_set():
-                                    for _ in range(50):
-                                        slot.sent += 1
-                                        await member.broadcast(slot.sent)
-                                    await trio.sleep(0.002)
-                                samples = []
-                                for _ in range(20):
-                                    start = time.perf_counter()
+                async def run(slot: _DemoSlot, task_status: trio.TaskStatus[None]) -> None:
+                    with trio.CancelScope() as scope:
+                        slot_scopes[slot.name] = scope
+                        async with node.open_member("demo", slot.callbacks) as member:
+                            slot.member = member
+                            slot.callbacks.me = member.id
+                            task_status.started()
+                            while not slot.stop.is_set():
+                                for _ in range(50):
                                     slot.sent += 1
-                                    await member.confirmed_broadcast(slot.sent)
-                                    samples.append((time.perf_counter() - start) * 1e6)
-                                slot.latency_us = percentiles(samples)
-                                slot.finished.set()
-                                await slot.leave.wait()
+                                    await member.broadcast(slot.sent)
+                                await trio.sleep(0.002)
+                            samples = []
+                            for _ in range(20):
+                                start = time.perf_counter()
+                                slot.sent += 1
+                                await member.confirmed_broadcast(slot.sent)
+                                samples.append((time.perf_counter() - start) * 1e6)
+                            slot.latency_us = percentiles(samples)
+                            slot.finished.set()
+                            await slot.leave.wait()
 
-                    slot_scopes: dict[str, trio.CancelScope] = {}
+                slot_scopes: dict[str, trio.CancelScope] = {}
 
-                    async def join(name: str) -> None:
-                        slot = _DemoSlot(name, _DemoMember(report, name))
-                        slots.append(slot)
-                        await nursery.start(run, slot)
+                async def join(name: str) -> None:
+                    slot = _DemoSlot(name, _DemoMember(report, name))
+                    slots.append(slot)
+                    await nursery.start(run, slot)
 
-                    def table(title: str) -> Table:
-                        grid = Table(title=title)
-                        for column in ("member", "state", "sent", "delivered", "from each sender"):
-                            grid.add_column(column)
-                        for slot in slots:
-                            per = ", ".join(
-                                f"{_short(s)}:{n}"
-                                for s, n in sorted(slot.callbacks.per_sender.items())
-                            )
-                            grid.add_row(
-                                slot.name,
-                                "alive" if slot.alive else "killed",
-                                str(slot.sent + 1),
-                                str(sum(slot.callbacks.per_sender.values())),
-                                per,
-                            )
-                        return grid
+                def table(title: str) -> Table:
+                    grid = Table(title=title)
+                    for column in ("member", "state", "sent", "delivered", "from each sender"):
+                        grid.add_column(column)
+                    for slot in slots:
+                        per = ", ".join(
+                            f"{_short(s)}:{n}" for s, n in sorted(slot.callbacks.per_sender.items())
+                        )
+                        grid.add_row(
+                            slot.name,
+                            "alive" if slot.alive else "killed",
+                            str(slot.sent + 1),
+                            str(sum(slot.callbacks.per_sender.values())),
+                            per,
+                        )
+                    return grid
 
-                    for i in range(args.members):
-                        await join(f"m{i + 1}")
-                    started = trio.current_time()
-                    killed = joined_late = False
-                    with Live(table("trio_gm demo"), console=console, refresh_per_second=4) as live:
-                        while (now := trio.current_time()) - started < args.seconds:
-                            if not killed and now - started >= args.seconds * 0.4:
-                                victim = slots[1]
-                                assert victim.member is not None
-                                victim.member.kill()
-                                victim.alive = False
-                                slot_scopes[victim.name].cancel()
-                                killed = True
-                            if not joined_late and now - started >= args.seconds * 0.6:
-                                await join(f"m{args.members + 1}")
-                                joined_late = True
-                            live.update(table(f"trio_gm demo: {now - started:4.1f}s"))
-                            await trio.sleep(0.25)
-                        elapsed = trio.current_time() - started
-                        survivors = [slot for slot in slots if slot.alive]
-                        for slot in survivors:
-                            slot.stop.set()
-                        for slot in survivors:
-                            await slot.finished.wait()
-                        live.update(table(f"trio_gm demo: {elapsed:4.1f}s, done"))
-                    check_finals(report, [(slot.callbacks, slot.sent) for slot in survivors])
+                for i in range(args.members):
+                    await join(f"m{i + 1}")
+                started = trio.current_time()
+                killed = joined_late = False
+                with Live(table("trio_gm demo"), console=console, refresh_per_second=4) as live:
+                    while (now := trio.current_time()) - started < args.seconds:
+                        if not killed and now - started >= args.seconds * 0.4:
+                            victim = slots[1]
+                            assert victim.member is not None
+                            victim.member.kill()
+                            victim.alive = False
+                            slot_scopes[victim.name].cancel()
+                            killed = True
+                        if not joined_late and now - started >= args.seconds * 0.6:
+                            await join(f"m{args.members + 1}")
+                            joined_late = True
+                        live.update(table(f"trio_gm demo: {now - started:4.1f}s"))
+                        await trio.sleep(0.25)
+                    elapsed = trio.current_time() - started
+                    survivors = [slot for slot in slots if slot.alive]
                     for slot in survivors:
-                        slot.leave.set()
-        except StoreError as exc:
-            raise UsageError(str(exc)) from exc
+                        slot.stop.set()
+                    for slot in survivors:
+                        await slot.finished.wait()
+                    live.update(table(f"trio_gm demo: {elapsed:4.1f}s, done"))
+                check_finals(report, [(slot.callbacks, slot.sent) for slot in survivors])
+                for slot in survivors:
+                    slot.leave.set()
 
     summary = Table(title="per member")
     for column in (
@@ -370,18 +501,14 @@ async def _bench(args: argparse.Namespace) -> int:
     if args.processes:
         result = await _bench_processes(args)
     else:
-        try:
-            async with open_store(args.store) as store:
-                await store.create_tables()
-                result = await bench_in_process(
-                    store,
-                    members=args.members,
-                    seconds=args.seconds,
-                    one_sender=args.one_sender,
-                    confirms=args.confirms,
-                )
-        except StoreError as exc:
-            raise UsageError(str(exc)) from exc
+        async with _opened_store(args.store) as store:
+            result = await bench_in_process(
+                store,
+                members=args.members,
+                seconds=args.seconds,
+                one_sender=args.one_sender,
+                confirms=args.confirms,
+            )
     if args.json:
         print(json.dumps(attrs.asdict(result)))
     else:
@@ -405,6 +532,8 @@ async def _bench_processes(args: argparse.Namespace) -> BenchResult:
         cookie = Path(tmp) / "cookie"
         await load_cookie(cookie)  # a new one, mode 0600, as the workers require
         store = args.store if args.store != "sqlite://" else f"sqlite:///{tmp}/bench.db"
+        async with _opened_store(store):
+            pass  # a store that does not work is one line here, not one per worker
         workers: list[trio.Process] = []
         try:
             for index in range(args.members):
@@ -454,18 +583,28 @@ async def _read_json(process: trio.Process) -> dict[str, Any]:
         while not line.endswith(b"\n"):
             chunk = await process.stdout.receive_some(1)
             if not chunk:
-                raise UsageError("a benchmark worker died; run it alone to see why")
+                status = await process.wait()
+                raise CommandFailed(
+                    f"a benchmark worker exited with status {status} "
+                    "(what it printed on standard error says why)",
+                    EXIT_FAILED,
+                )
             line += chunk
     result: dict[str, Any] = json.loads(line)
     return result
 
 
 async def _bench_worker(args: argparse.Namespace) -> int:
-    cookie = await load_cookie(Path(args.cookie_file), create=False)
+    # Ctrl-C in a terminal reaches every process of its group: the parent
+    # bench takes it and ends its workers, which need not report it too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cookie = await load_cookie(Path(args.cookie_file), create=False)
+    except CookieError as exc:
+        raise UsageError(str(exc)) from exc
     counter = CountingMember()
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-    async with open_store(args.store) as store:
-        await store.create_tables()
+    async with _opened_store(args.store) as store:
         async with open_node(store, listen="127.0.0.1:0", cookie=cookie) as node:
             async with node.open_member("bench", counter) as member:
                 print(json.dumps({"event": "joined"}), flush=True)
@@ -507,21 +646,94 @@ async def _bench_worker(args: argparse.Namespace) -> int:
 
 
 async def _soak(args: argparse.Namespace) -> int:
-    try:
-        async with open_store(args.store) as store:
-            await store.create_tables()
-            report = await run_soak(
-                store, seconds=args.seconds, members=args.members, seed=args.seed, nodes=args.nodes
-            )
-    except StoreError as exc:
-        raise UsageError(str(exc)) from exc
+    async with _opened_store(args.store) as store:
+        report = await run_soak(
+            store, seconds=args.seconds, members=args.members, seed=args.seed, nodes=args.nodes
+        )
     return print_report(report)
+
+
+# -- what every command shares ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _opened_store(url: str, schema: str | None = None) -> AsyncIterator[GroupStore]:
+    """The store at ``url`` with its table; one that does not work is a UsageError.
+
+    Only opening counts as the start: a store error later in the block
+    propagates as itself (exit status 4).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(open_store(url, schema=schema))
+            await store.create_tables()
+        except StoreError as exc:
+            raise UsageError(str(exc)) from exc
+        yield store
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``'s nursery groups, Cancelled aside."""
+    leaves: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(reversed(current.exceptions))
+        elif not isinstance(current, trio.Cancelled):
+            leaves.append(current)
+    return leaves
+
+
+def _lone(exc: BaseException) -> BaseException:
+    """The one exception inside ``exc``'s nursery groups, Cancelled aside; else ``exc``.
+
+    Nurseries wrap what escapes them (in this module, in open_node, in
+    open_member); a failure the user caused is a single exception in there.
+    """
+    leaves = _leaves(exc)
+    return leaves[0] if len(leaves) == 1 else exc
+
+
+def _user_failure(exc: BaseException) -> tuple[int, str] | None:
+    """The exit status and one line for a failure the user caused; None for a bug.
+
+    Several at once (every member of a soak finding the store gone, every
+    task finding standard output closed) are told by the first.
+    """
+    failures = [_classify(leaf) for leaf in _leaves(exc)]
+    if not failures or None in failures:
+        return None
+    first = failures[0]
+    assert first is not None
+    if first[1] == _OUTPUT_CLOSED:
+        # Nothing more can be written there, and Python's final flush would
+        # complain: point standard output at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return first
+
+
+_OUTPUT_CLOSED: Final = "standard output was closed"
+
+
+def _classify(cause: BaseException) -> tuple[int, str] | None:
+    if isinstance(cause, CommandFailed):
+        return cause.status, str(cause)
+    if isinstance(cause, StoreError):  # opening one is a UsageError: this came later
+        return EXIT_STOPPED_BY_STORE, f"the store failed: {cause}"
+    if isinstance(cause, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(cause, BrokenPipeError):
+        return EXIT_FAILED, _OUTPUT_CLOSED
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trio-gm",
         description="trio_gm: RabbitMQ's guaranteed multicast ring on trio.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--log-level",
@@ -532,6 +744,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
+        epilog=_SEE_EXIT_STATUSES,
         help="a group of members in this process, one killed and one joining part-way",
         description="Run a group of members in this process broadcasting sequence numbers; "
         "part-way through one member is killed and another joins. Every delivery is "
@@ -543,6 +756,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
+        epilog=_SEE_EXIT_STATUSES,
         help="measure throughput and confirmed latency",
         description="Flood a group for a while (all members broadcasting, or one), then "
         "measure idle confirmed_broadcast latency. Prints send/receive rates, the rate "
@@ -558,15 +772,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--store", default="sqlite://", help="store URL (default: in memory)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
-    worker = commands.add_parser("bench-worker", help=argparse.SUPPRESS)
-    worker.add_argument("--store", required=True)
-    worker.add_argument("--cookie-file", required=True)
-    worker.add_argument("--seconds", type=float, required=True)
-    worker.add_argument("--confirms", type=int, default=0)
-    worker.add_argument("--sender", action="store_true")
-
     soak = commands.add_parser(
         "soak",
+        epilog=_SEE_EXIT_STATUSES,
         help="soak-test a group with joins, leaves and kills",
         description="Members broadcast sequence numbers while others join, leave and are "
         "killed; every callback checks gm's guarantees. Exit status 1 on any violation.",
@@ -580,11 +788,14 @@ def _parser() -> argparse.ArgumentParser:
         "member",
         help="run one member of a group in this process",
         description=__doc__,
+        epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     member.add_argument("--store", required=True, help="store URL shared by the group")
     member.add_argument("--schema", default=None, help="PostgreSQL schema holding the group table")
-    member.add_argument("--group", required=True, help="group name")
+    member.add_argument(
+        "--group", required=True, type=_group_name, help="group name (at most 255 characters)"
+    )
     member.add_argument(
         "--listen", default=None, help="HOST:PORT to listen on for other nodes (port 0: any)"
     )
@@ -595,30 +806,59 @@ def _parser() -> argparse.ArgumentParser:
         "~/.config/trio-gm/cookie, made if missing)",
     )
     member.add_argument(
-        "--heartbeat", type=float, default=5.0, help="seconds of silence before a peer is down"
+        "--heartbeat", type=_positive, default=5.0, help="seconds of silence before a peer is down"
     )
     member.add_argument("--json", action="store_true", help="print JSON lines")
     return parser
 
 
+def _worker_parser() -> argparse.ArgumentParser:
+    """``trio-gm bench-worker``: one member of ``bench --processes`` (not for users)."""
+    worker = argparse.ArgumentParser(prog="trio-gm bench-worker")
+    worker.add_argument("--store", required=True)
+    worker.add_argument("--cookie-file", required=True)
+    worker.add_argument("--seconds", type=float, required=True)
+    worker.add_argument("--confirms", type=int, default=0)
+    worker.add_argument("--sender", action="store_true")
+    worker.set_defaults(command="bench-worker", log_level="WARNING")
+    return worker
+
+
+_RUNNERS: Final = {
+    "demo": _demo,
+    "bench": _bench,
+    "bench-worker": _bench_worker,
+    "soak": _soak,
+    "member": _member,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The worker bench --processes starts is parsed apart, so that it is in
+    # no list of commands.
+    if argv[:1] == ["bench-worker"]:
+        args = _worker_parser().parse_args(argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    runners = {
-        "demo": _demo,
-        "bench": _bench,
-        "bench-worker": _bench_worker,
-        "soak": _soak,
-        "member": _member,
-    }
     try:
-        return trio.run(runners[args.command], args)
-    except UsageError as exc:
-        print(f"trio-gm {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        return trio.run(_RUNNERS[args.command], args)
+    except BaseException as exc:
+        failure = _user_failure(exc)
+        if failure is None:
+            raise
+        status, message = failure
+        log.debug("trio-gm %s: exit status %d", args.command, status, exc_info=exc)
+        print(f"trio-gm {args.command}: {message}", file=sys.stderr)
+        return status
+
+
+def _group_name(text: str) -> str:
+    try:
+        return check_group_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> float:

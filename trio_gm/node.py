@@ -33,7 +33,7 @@ from .ring.member import (
     _ValidateMembers,
     raise_if_shutting_down,
 )
-from .store import GroupStore
+from .store import GroupStore, check_group_name
 from .transport.codec import Codec
 from .transport.tcp import (
     DEFAULT_HEARTBEAT,
@@ -341,8 +341,7 @@ class Node:
         member; so does an exception raised in the block. Only several at
         once (the block's and the member's) come out together, in a group.
         """
-        if not isinstance(group, str) or not group:
-            raise ValueError(f"group must be a non-empty str, got {group!r}")
+        check_group_name(group)
         missing = [name for name in _CALLBACKS if not callable(getattr(callbacks, name, None))]
         if missing:
             raise TypeError(

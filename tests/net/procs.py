@@ -43,10 +43,11 @@ class MemberProcess:
         self.id = ""
         self.address = ""
 
-    async def start(self, nursery: trio.Nursery, args: list[str]) -> None:
+    async def start(self, nursery: trio.Nursery, args: list[str], *, stderr: Any = None) -> None:
+        """Start it and wait until it is ready; ``stderr``: where its standard error goes."""
         cmd = [sys.executable, "-m", "trio_gm.cli", "member", "--json", *args]
         self.process = await trio.lowlevel.open_process(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ}
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, env={**os.environ}
         )
         nursery.start_soon(self._read)
         ready = await self.expect(lambda e: e["event"] == "ready")

@@ -10,11 +10,13 @@ from __future__ import annotations
 from . import ops
 from .codec import converter
 from .model import Group, GroupMember, LostMembership
+from .names import MAX_GROUP_NAME_LENGTH, check_group_name
 from .schema import gm_group, metadata, table_definitions
 from .store import DELETE, GroupStore, RetryPolicy, StoreStatistics, Write, open_store
 
 __all__ = [
     "DELETE",
+    "MAX_GROUP_NAME_LENGTH",
     "Group",
     "GroupMember",
     "GroupStore",
@@ -22,6 +24,7 @@ __all__ = [
     "RetryPolicy",
     "StoreStatistics",
     "Write",
+    "check_group_name",
     "converter",
     "gm_group",
     "metadata",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table
 
+from .names import MAX_GROUP_NAME_LENGTH
+
 __all__ = ["gm_group", "metadata", "table_definitions"]
 
 #: Constraint names follow this convention so that migrations written later
@@ -32,7 +34,8 @@ metadata = MetaData(
 gm_group = Table(
     "gm_group",
     metadata,
-    Column("name", String, primary_key=True),
+    # A key PostgreSQL can index (see trio_gm.store.names); SQLite ignores the length.
+    Column("name", String(MAX_GROUP_NAME_LENGTH), primary_key=True),
     Column("version", Integer, nullable=False),
     Column("members", JSON, nullable=False),
 )

@@ -111,6 +111,7 @@ from ._engine import (
 )
 from .codec import members_from_json, members_to_json
 from .model import Group, LostMembership
+from .names import check_group_name
 from .schema import gm_group, metadata, table_definitions
 
 __all__ = [
@@ -344,6 +345,7 @@ class GroupStore:
 
     async def read_group(self, name: str) -> Group | None:
         """The group as last committed, or None if there is no such group."""
+        check_group_name(name)
         self._counters.reads += 1
 
         def read(conn: Connection) -> Group | None:
@@ -380,7 +382,12 @@ class GroupStore:
         during COMMIT leaves the outcome unknown, which raises at once
         unless ``idempotent`` says that ``fn`` run again on the row it wrote
         changes nothing more (as for every gm operation): then it is retried.
+
+        A name no store can hold (see :mod:`trio_gm.store.names`) is a
+        ``ValueError`` here, as in :meth:`read_group`, before any database
+        work; every other method that takes a group name comes through here.
         """
+        check_group_name(name)
 
         def attempt(conn: Connection) -> tuple[bool, R]:
             current = self._select(conn, name)
