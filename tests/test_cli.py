@@ -24,6 +24,7 @@ from trio_gm.cli import (
     EXIT_USAGE,
 )
 from trio_gm.store import open_store
+from trio_gm.testing.postgres import PostgresServer
 
 
 def trio_gm(*args: str | bytes, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -234,12 +235,12 @@ class Members:
         self.procs: list[MemberProcess] = []
         self.stderr: dict[str, Stderr] = {}
 
-    async def start(self, name: str) -> MemberProcess:
+    async def start(self, name: str, *extra: str) -> MemberProcess:
         proc = MemberProcess(name)
         self.procs.append(proc)
         await proc.start(
             self.nursery,
-            ["--store", self.url, "--group", GROUP, "--listen", "127.0.0.1:0"],
+            ["--store", self.url, "--group", GROUP, "--listen", "127.0.0.1:0", *extra],
             stderr=subprocess.PIPE,
         )
         assert proc.process is not None
@@ -265,9 +266,9 @@ class Members:
 
 
 @asynccontextmanager
-async def members(tmp_path: Path) -> AsyncIterator[Members]:
+async def members(tmp_path: Path, url: str | None = None) -> AsyncIterator[Members]:
     async with trio.open_nursery() as nursery:
-        launcher = Members(f"sqlite:///{tmp_path / 'gm.db'}", nursery)
+        launcher = Members(url or f"sqlite:///{tmp_path / 'gm.db'}", nursery)
         try:
             yield launcher
         finally:
@@ -395,3 +396,46 @@ def test_a_closed_standard_output_is_one_line_and_exit_1() -> None:
             check=False,
         )
     assert_one_line_failure(result, EXIT_FAILED, "standard output was closed")
+
+
+@pytest.mark.postgres
+async def test_member_says_when_the_store_goes_away_and_comes_back(
+    tmp_path: Path, private_postgres: PostgresServer
+) -> None:
+    async with members(tmp_path, private_postgres.url) as group:
+        a = await group.start("a")
+        b = await group.start("b")
+        await a.expect(lambda e: e["event"] == "members_changed" and e["births"] == [b.id])
+        await b.command("flood-forever")  # activity: a checks its membership
+        await private_postgres.kill_async()
+        away = await a.expect(lambda e: e["event"] == "store_away")
+        assert away["state"] == "unreachable"
+        assert away["timeout"] == 30
+        await private_postgres.start_async()
+        back = await a.expect(lambda e: e["event"] == "store_back")
+        assert back["after"] > 0
+        await b.command("quit")
+        await a.command("quit")
+        for proc in (a, b):
+            status, stderr = await group.exit_status(proc)
+            assert status == 0, stderr
+            assert "Traceback" not in stderr
+            # Said once, on standard output, not again as a log line.
+            assert "unreachable" not in stderr
+
+
+@pytest.mark.postgres
+async def test_member_whose_store_stays_away_past_its_timeout_says_so_and_exits_4(
+    tmp_path: Path, private_postgres: PostgresServer
+) -> None:
+    async with members(tmp_path, private_postgres.url) as group:
+        a = await group.start("a", "--store-outage-timeout", "1")
+        b = await group.start("b", "--store-outage-timeout", "60")
+        await a.expect(lambda e: e["event"] == "members_changed" and e["births"] == [b.id])
+        await b.command("flood-forever")
+        await private_postgres.kill_async()
+        status, stderr = await group.exit_status(a)
+        assert status == EXIT_STOPPED_BY_STORE, stderr
+        assert_said_once(stderr, "unreachable for", "outage_timeout of 1 s")
+        await private_postgres.start_async()
+        await b.command("quit")

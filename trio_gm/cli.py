@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -68,8 +68,16 @@ from ._bench import (
     percentiles,
 )
 from ._cookie import load_cookie
-from .store import check_group_name
-from .testing.soak import SoakMember, SoakReport, check_finals, print_report, run_soak
+from .store import DEFAULT_OUTAGE_TIMEOUT, check_group_name
+from .testing.postgres import PostgresServer
+from .testing.soak import (
+    SoakMember,
+    SoakReport,
+    check_finals,
+    postgres_outages,
+    print_report,
+    run_soak,
+)
 
 log = logging.getLogger("trio_gm.cli")
 
@@ -201,11 +209,20 @@ async def _run_member(
     try:
         async with contextlib.AsyncExitStack() as stack:
             try:
-                store = await stack.enter_async_context(open_store(args.store, schema=args.schema))
+                store = await stack.enter_async_context(
+                    open_store(
+                        args.store, schema=args.schema, outage_timeout=args.store_outage_timeout
+                    )
+                )
                 await store.create_tables()
+                stack.enter_context(_store_outages_told(out))
                 node = await stack.enter_async_context(
                     open_node(
-                        store, listen=args.listen, cookie=cookie, heartbeat_interval=args.heartbeat
+                        store,
+                        listen=args.listen,
+                        advertise=args.advertise,
+                        cookie=cookie,
+                        heartbeat_interval=args.heartbeat,
                     )
                 )
                 member = await stack.enter_async_context(node.open_member(args.group, callbacks))
@@ -224,6 +241,47 @@ async def _run_member(
             raise _stopped_by(who, cause) from exc
         raise
     return _stopped_by(who, callbacks.reason) if stopped else None
+
+
+class _OutageLines(logging.Handler):
+    """Tells the member's output when the store goes away and when it is back."""
+
+    def __init__(self, out: _Printer) -> None:
+        super().__init__(logging.WARNING)
+        self._out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "store_outage", None)
+        if event == "began":
+            self._out(
+                "store_away",
+                state=getattr(record, "store_state", "unreachable"),
+                reason=getattr(record, "store_reason", ""),
+                timeout=getattr(record, "store_timeout", None),
+            )
+        elif event == "ended":
+            self._out("store_back", after=round(getattr(record, "store_away_for", 0.0), 1))
+
+
+@contextlib.contextmanager
+def _store_outages_told(out: _Printer) -> Iterator[None]:
+    """For the block: outage lines on the member's output (not twice on standard error)."""
+    store_log = logging.getLogger("trio_gm.store")
+    handler = _OutageLines(out)
+
+    def not_an_outage(record: logging.LogRecord) -> bool:
+        return getattr(record, "store_outage", None) is None
+
+    root_handlers = logging.getLogger().handlers
+    store_log.addHandler(handler)
+    for root_handler in root_handlers:
+        root_handler.addFilter(not_an_outage)
+    try:
+        yield
+    finally:
+        store_log.removeHandler(handler)
+        for root_handler in root_handlers:
+            root_handler.removeFilter(not_an_outage)
 
 
 def _start_failure(exc: Exception, args: argparse.Namespace) -> UsageError | None:
@@ -646,10 +704,33 @@ async def _bench_worker(args: argparse.Namespace) -> int:
 
 
 async def _soak(args: argparse.Namespace) -> int:
-    async with _opened_store(args.store) as store:
-        report = await run_soak(
-            store, seconds=args.seconds, members=args.members, seed=args.seed, nodes=args.nodes
+    if not args.store_outages:
+        async with _opened_store(args.store or "sqlite://") as store:
+            report = await run_soak(
+                store, seconds=args.seconds, members=args.members, seed=args.seed, nodes=args.nodes
+            )
+        return print_report(report)
+    if args.store is not None:
+        raise UsageError(
+            "--store-outages runs a PostgreSQL server of its own, to kill and restart: "
+            "leave out --store"
         )
+    why_not = PostgresServer.unavailable_reason()
+    if why_not is not None:
+        raise UsageError(f"--store-outages needs a PostgreSQL server of its own: {why_not}")
+    async with PostgresServer.running_async() as server:
+        # Outages last at most 3 s: far below the timeout, so no member may stop.
+        async with _opened_store(server.url, outage_timeout=60.0) as store:
+            report = await run_soak(
+                store,
+                seconds=args.seconds,
+                members=args.members,
+                seed=args.seed,
+                nodes=args.nodes,
+                outage=postgres_outages(server),
+            )
+    for outage in report.outages:
+        print("store outage:", outage)
     return print_report(report)
 
 
@@ -657,7 +738,9 @@ async def _soak(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _opened_store(url: str, schema: str | None = None) -> AsyncIterator[GroupStore]:
+async def _opened_store(
+    url: str, schema: str | None = None, outage_timeout: float = DEFAULT_OUTAGE_TIMEOUT
+) -> AsyncIterator[GroupStore]:
     """The store at ``url`` with its table; one that does not work is a UsageError.
 
     Only opening counts as the start: a store error later in the block
@@ -665,7 +748,9 @@ async def _opened_store(url: str, schema: str | None = None) -> AsyncIterator[Gr
     """
     async with contextlib.AsyncExitStack() as stack:
         try:
-            store = await stack.enter_async_context(open_store(url, schema=schema))
+            store = await stack.enter_async_context(
+                open_store(url, schema=schema, outage_timeout=outage_timeout)
+            )
             await store.create_tables()
         except StoreError as exc:
             raise UsageError(str(exc)) from exc
@@ -783,7 +868,14 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--members", type=_at_least(2), default=4, help="group size to aim for")
     soak.add_argument("--seed", type=int, default=0, help="random seed")
     soak.add_argument("--nodes", type=_at_least(1), default=1, help="TCP nodes to spread over")
-    soak.add_argument("--store", default="sqlite://", help="store URL (default: in memory)")
+    soak.add_argument("--store", default=None, help="store URL (default: in memory)")
+    soak.add_argument(
+        "--store-outages",
+        action="store_true",
+        help="run a PostgreSQL server of its own as the store, and kill, restart and stop it "
+        "every 2 s or so (each outage under 3 s) beside the chaos; needs PostgreSQL's "
+        "binaries (and, as root, the postgres user)",
+    )
     member = commands.add_parser(
         "member",
         help="run one member of a group in this process",
@@ -798,6 +890,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     member.add_argument(
         "--listen", default=None, help="HOST:PORT to listen on for other nodes (port 0: any)"
+    )
+    member.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="the address other hosts dial to reach this node (needed with a wildcard "
+        "--listen such as 0.0.0.0:7000; the port defaults to the bound one)",
+    )
+    member.add_argument(
+        "--store-outage-timeout",
+        type=_positive,
+        default=DEFAULT_OUTAGE_TIMEOUT,
+        metavar="SECONDS",
+        help="how long the member outlives a store that is unreachable or locked "
+        f"(default {DEFAULT_OUTAGE_TIMEOUT:g})",
     )
     member.add_argument(
         "--cookie-file",

@@ -445,7 +445,7 @@ class MemberActor(Actor):
             raise
 
     def _store_lost(self, exc: StoreUnavailable) -> ActorStop:
-        log.error("member %s of group %r stops: %s", self.self_id, self.group_name, exc)
+        log.info("member %s of group %r stops: %s", self.self_id, self.group_name, exc)
         return self._stop(exc)
 
     def _stop(self, reason: Any) -> ActorStop:

@@ -12,9 +12,18 @@ from .codec import converter
 from .model import Group, GroupMember, LostMembership
 from .names import MAX_GROUP_NAME_LENGTH, check_group_name
 from .schema import gm_group, metadata, table_definitions
-from .store import DELETE, GroupStore, RetryPolicy, StoreStatistics, Write, open_store
+from .store import (
+    DEFAULT_OUTAGE_TIMEOUT,
+    DELETE,
+    GroupStore,
+    RetryPolicy,
+    StoreStatistics,
+    Write,
+    open_store,
+)
 
 __all__ = [
+    "DEFAULT_OUTAGE_TIMEOUT",
     "DELETE",
     "MAX_GROUP_NAME_LENGTH",
     "Group",

@@ -569,12 +569,19 @@ class GroupStore:
         if life.unavailable_since is None:
             life.unavailable_since = now
             self._counters.outages += 1
+            state = "locked" if retry.kind == "busy" else "unreachable"
             log.warning(
                 "store %s is %s (%s); operations wait up to %g s for it",
                 self.url,
-                "locked" if retry.kind == "busy" else "unreachable",
+                state,
                 retry.reason,
                 self._outage_timeout,
+                extra={
+                    "store_outage": "began",
+                    "store_state": state,
+                    "store_reason": retry.reason,
+                    "store_timeout": self._outage_timeout,
+                },
             )
         return life.unavailable_since
 
@@ -583,7 +590,12 @@ class GroupStore:
         assert life.unavailable_since is not None
         away = trio.current_time() - life.unavailable_since
         life.unavailable_since = None
-        log.warning("store %s answers again, after %.1f s", self.url, away)
+        log.warning(
+            "store %s answers again, after %.1f s",
+            self.url,
+            away,
+            extra={"store_outage": "ended", "store_away_for": away},
+        )
 
     def _attempt(
         self,
