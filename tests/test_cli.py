@@ -52,6 +52,20 @@ def test_soak_for_a_few_seconds() -> None:
     assert result.stdout.strip().endswith("0 violations")
 
 
+@pytest.mark.postgres
+def test_soak_across_nodes_with_store_outages() -> None:
+    result = trio_gm("soak", "--nodes", "3", "--store-outages", "--seconds", "5", "--seed", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "store outage:" in result.stdout
+    assert "store outages" in result.stdout
+    assert result.stdout.strip().endswith("0 violations")
+
+
+def test_soak_store_outages_bring_their_own_store() -> None:
+    result = trio_gm("soak", "--store-outages", "--store", "sqlite://")
+    assert_one_line_failure(result, 2, "leave out --store")
+
+
 def test_bench_json() -> None:
     result = trio_gm("bench", "--members", "3", "--seconds", "1", "--confirms", "50", "--json")
     assert result.returncode == 0, result.stderr
