@@ -547,6 +547,34 @@ def test_a_failure_while_creating_removes_what_was_made(
     assert_removed(made[0].id)
 
 
+def test_a_host_that_fails_to_be_added_is_removed_and_the_rest_works(
+    simulated_network: MakeNetwork, listeners: Listeners, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = simulated_network(hosts=2)
+    net.cut("a", "b")
+    real_batch = netns._ip_batch
+
+    def batch(lines: list[str], *options: str) -> None:
+        real_batch(lines, *options)
+        if "-6" in options:  # after its veth, addresses and rules exist
+            raise KeyboardInterrupt("interrupted while adding host c")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(netns, "_ip_batch", batch)
+        with pytest.raises(KeyboardInterrupt, match="adding host c"):
+            net.add_host("c")
+    assert [host.name for host in net.hosts] == ["a", "b"]
+    c_names = {f"{PREFIX}-{net.id}-c", f"{PREFIX}{net.id}v3"}  # its namespace and veth
+    assert c_names & set(leftovers(net.id)) == set()
+    assert_kernel_matches(net)
+    listeners.add(*net.hosts)
+    assert_connectivity(net, listeners, blocked=[("a", "b")])
+    c = net.add_host("c")  # the name is free again
+    assert c.index == 4
+    listeners.add(c)
+    assert_connectivity(net, listeners, blocked=[("a", "b")])
+
+
 def test_leftovers_of_a_dead_run_are_removed_and_live_networks_kept(
     simulated_network: MakeNetwork, listeners: Listeners
 ) -> None:

@@ -322,7 +322,7 @@ def _owner_file(network_id: str) -> Path:
 def _write_owner(network_id: str) -> None:
     OWNER_DIR.mkdir(mode=0o755, exist_ok=True)
     path = _owner_file(network_id)
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(_owner_record()), encoding="ascii")
     temporary.replace(path)
 
@@ -394,15 +394,14 @@ def remove_leftovers() -> list[str]:
         if match := _LINK_OF.match(name):
             ids.add(match.group(1))
     with contextlib.suppress(FileNotFoundError):
+        # Not the .tmp files: one may be an owner record being written now.
         for path in OWNER_DIR.iterdir():
-            if re.fullmatch(rf"{_ID}\.(json|tmp)", path.name):
+            if re.fullmatch(rf"{_ID}\.json", path.name):
                 ids.add(path.name[:6])
     removed: list[str] = []
     for network_id in sorted(ids):
         if not _owner_alive(network_id):
             removed += _remove_network(network_id)
-            with contextlib.suppress(FileNotFoundError):
-                _owner_file(network_id).with_suffix(".tmp").unlink()
     return removed
 
 
@@ -780,7 +779,9 @@ class SimulatedNetwork:
 
         It starts with the network's cuts in force: an isolated host's
         packets and the new host's are dropped between them. Raises
-        ``ValueError`` if the name is bad or taken, or the network full.
+        ``ValueError`` if the name is bad or taken, or the network full;
+        if making it fails, what was made of it is removed again (other
+        hosts may keep a neighbour entry for its unused address).
         """
         self._check_open()
         if name is None:
@@ -790,7 +791,25 @@ class SimulatedNetwork:
             raise ValueError(f"{self!r} already has a host {name!r}")
         if self._next_index > MAX_HOSTS:
             raise ValueError(f"{self!r} is full: at most {MAX_HOSTS} hosts")
-        return self._add_host(name)
+        try:
+            return self._add_host(name)
+        except BaseException:
+            self._discard_host(name)
+            raise
+
+    def _discard_host(self, name: str) -> None:
+        """Remove what a failed :meth:`add_host` made of host ``name``; the rest stays."""
+        host = self._hosts.pop(name)
+        self._cuts = {pair for pair in self._cuts if name not in pair}
+        self._isolated.discard(name)
+        self._applied = {pair for pair in self._applied if name not in pair}
+        host._reap()
+        _kill_processes_in([host.netns])
+        _ip(
+            ["-force", "-b", "-"],
+            batch=[f"link del {host.veth}", f"netns del {host.netns}"],
+            check=False,
+        )
 
     def _add_host(self, name: str) -> Host:
         others = list(self._hosts.values())

@@ -86,6 +86,8 @@ from urllib.parse import quote
 import attrs
 import trio
 
+from trio_gm.testing.netns import in_namespace
+
 __all__ = [
     "DATABASE",
     "SHARED_PORT",
@@ -386,11 +388,7 @@ def _ephemeral_ports() -> tuple[int, int]:
 
 def _inside(netns: str | None, fn: Callable[[], _T]) -> _T:
     """``fn()``, in network namespace ``netns`` if there is one (ours otherwise)."""
-    if netns is None:
-        return fn()
-    from trio_gm.testing.netns import in_namespace
-
-    return in_namespace(netns, fn)
+    return fn() if netns is None else in_namespace(netns, fn)
 
 
 def _free_port(host: str, netns: str | None = None) -> int:
