@@ -12,6 +12,12 @@ see :mod:`trio_gm.testing.postgres`. They skip when no private server can
 run here, and ``TRIO_GM_REQUIRE_POSTGRES=1`` turns that skip into a failure
 too. They never touch the shared server.
 
+Tests that run processes on simulated hosts and cut the links between them
+take ``simulated_network``, a factory of
+:class:`~trio_gm.testing.netns.SimulatedNetwork` objects closed after the test.
+They skip where network namespaces are unavailable (not root, no ``ip``),
+unless ``TRIO_GM_REQUIRE_NETNS=1`` (CI sets it), which makes that a failure.
+
 Every test runs with ``TRIO_GM_COOKIE_FILE`` naming a cookie file in a
 temporary directory (inherited by the processes tests start), so nothing
 reads or makes the user's real cookie file.
@@ -23,7 +29,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +38,7 @@ import sqlalchemy
 
 import trio_gm
 from tests.gm_helpers import Events
+from trio_gm.testing.netns import SimulatedNetwork, remove_leftovers
 from trio_gm.testing.postgres import PostgresServer, PostgresTemplate
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -89,17 +96,22 @@ def postgres_template() -> Iterator[PostgresTemplate]:
         yield template
 
 
-#: make_private_postgres(host="127.0.0.1", *, start=True) -> PostgresServer
+#: make_private_postgres(host="127.0.0.1", *, start=True, netns=None) -> PostgresServer
 MakePostgres = Callable[..., PostgresServer]
 
 
 @pytest.fixture
 def make_private_postgres(postgres_template: PostgresTemplate) -> Iterator[MakePostgres]:
-    """A factory of private servers (started unless ``start=False``), all destroyed afterwards."""
+    """A factory of private servers (started unless ``start=False``), all destroyed afterwards.
+
+    ``netns``: run it on a simulated host, ``make(db.address, netns=db.netns)``.
+    """
     with contextlib.ExitStack() as servers:
 
-        def make(host: str = "127.0.0.1", *, start: bool = True) -> PostgresServer:
-            server = PostgresServer.create(host=host, template=postgres_template)
+        def make(
+            host: str = "127.0.0.1", *, start: bool = True, netns: str | None = None
+        ) -> PostgresServer:
+            server = PostgresServer.create(host=host, template=postgres_template, netns=netns)
             servers.callback(server.destroy)
             if start:
                 server.start()
@@ -112,6 +124,38 @@ def make_private_postgres(postgres_template: PostgresTemplate) -> Iterator[MakeP
 def private_postgres(make_private_postgres: MakePostgres) -> PostgresServer:
     """A started PostgreSQL server of this test's own, to kill at will; never the shared one."""
     return make_private_postgres()
+
+
+@pytest.fixture(scope="session")
+def netns_available() -> None:
+    """Skip (or, with ``TRIO_GM_REQUIRE_NETNS=1``, fail) where no simulated network can run.
+
+    Where one can, first removes what crashed earlier runs left behind.
+    """
+    why_not = SimulatedNetwork.unavailable_reason()
+    if why_not is not None:
+        if os.environ.get("TRIO_GM_REQUIRE_NETNS") == "1":
+            pytest.fail(
+                f"cannot make simulated hosts: {why_not}, "
+                "and TRIO_GM_REQUIRE_NETNS=1 forbids skipping"
+            )
+        pytest.skip(f"cannot make simulated hosts: {why_not}")
+    remove_leftovers()
+
+
+#: simulated_network(hosts=3, *, ipv6=True) -> SimulatedNetwork
+MakeNetwork = Callable[..., SimulatedNetwork]
+
+
+@pytest.fixture
+def simulated_network(netns_available: None) -> Iterator[MakeNetwork]:
+    """A factory of simulated networks, each closed (its processes killed) after the test."""
+    with contextlib.ExitStack() as networks:
+
+        def make(hosts: int | Iterable[str] = 3, *, ipv6: bool = True) -> SimulatedNetwork:
+            return networks.enter_context(SimulatedNetwork.create(hosts, ipv6=ipv6))
+
+        yield make
 
 
 @contextlib.contextmanager

@@ -4,4 +4,7 @@
 * ``trio_gm.testing.explore``: the schedule explorer.
 * ``trio_gm.testing.postgres``: a private PostgreSQL server to stop, kill
   or hang in store-outage tests (:class:`~trio_gm.testing.postgres.PostgresServer`).
+* ``trio_gm.testing.netns``: simulated hosts (Linux network namespaces on a
+  bridge) whose links a test may cut and heal
+  (:class:`~trio_gm.testing.netns.SimulatedNetwork`).
 """

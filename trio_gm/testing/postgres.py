@@ -47,6 +47,15 @@ Killed servers
     process still in the data directory and removes the stale files, so a
     start after a kill always works.
 
+On a simulated host
+    ``netns=`` runs the server inside a network namespace, such as a host
+    of :class:`trio_gm.testing.netns.SimulatedNetwork`
+    (``PostgresServer.create(host=db.address, netns=db.netns)``), so that
+    cutting that host off cuts the store off. ``pg_ctl`` then runs through
+    ``ip netns exec``, and the port checks happen inside the namespace.
+    The Unix socket in :attr:`PostgresServer.socket_dir` still reaches the
+    server from any namespace, this one's included.
+
 Sync and async
     The methods block (each for well under a second, except where a timeout
     says otherwise). From trio, call the ``*_async`` variants, which run the
@@ -71,10 +80,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+from urllib.parse import quote
 
 import attrs
 import trio
+
+from trio_gm.testing.netns import in_namespace
 
 __all__ = [
     "DATABASE",
@@ -98,9 +110,12 @@ _MODES: tuple[ShutdownMode, ...] = ("smart", "fast", "immediate")
 
 #: Attempts at a free port when one we picked is taken before the first start.
 _PORT_ATTEMPTS = 8
+#: Where ``ip netns`` keeps the namespaces it names.
+_NETNS_DIR = Path("/run/netns")
 #: sun_path holds 108 bytes with its NUL; the socket is DIR/.s.PGSQL.PORT.
 _MAX_SOCKET_PATH = 107
 _POLL = 0.01
+_T = TypeVar("_T")
 #: Free space /dev/shm needs to be the default base directory (a server takes ~35 MB).
 _SHM_ROOM = 1 << 30
 
@@ -238,9 +253,16 @@ def _environment() -> dict[str, str]:
 
 
 def _run(
-    tool: _Toolchain, args: Sequence[str], *, cwd: Path, timeout: float
+    tool: _Toolchain,
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    timeout: float,
+    netns: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     command = tool.command(args)
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *command]
     try:
         return subprocess.run(
             command,
@@ -364,7 +386,12 @@ def _ephemeral_ports() -> tuple[int, int]:
     return low, high
 
 
-def _free_port(host: str) -> int:
+def _inside(netns: str | None, fn: Callable[[], _T]) -> _T:
+    """``fn()``, in network namespace ``netns`` if there is one (ours otherwise)."""
+    return fn() if netns is None else in_namespace(netns, fn)
+
+
+def _free_port(host: str, netns: str | None = None) -> int:
     """A port nothing uses at ``host`` just now, below the ephemeral range, never 5432.
 
     Below the range, no client's outgoing connection can take the port
@@ -375,21 +402,21 @@ def _free_port(host: str) -> int:
     if low - first >= 1024:
         for _ in range(100):
             port = random.randrange(first, low)
-            if port != SHARED_PORT and _port_free(host, port):
+            if port != SHARED_PORT and _port_free(host, port, netns):
                 return port
     family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
     while True:
-        with socket.socket(family, kind, proto) as sock:
+        with _inside(netns, functools.partial(socket.socket, family, kind, proto)) as sock:
             sock.bind(address)
             port = int(sock.getsockname()[1])
         if port != SHARED_PORT:
             return port
 
 
-def _port_free(host: str, port: int) -> bool:
+def _port_free(host: str, port: int, netns: str | None = None) -> bool:
     """Whether the server could bind ``host:port`` now (it sets SO_REUSEADDR too)."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind, proto) as sock:
+    with _inside(netns, functools.partial(socket.socket, family, kind, proto)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
@@ -398,9 +425,9 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _refuses(host: str, port: int) -> bool:
+def _refuses(host: str, port: int, netns: str | None = None) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with _inside(netns, functools.partial(socket.create_connection, (host, port), 0.5)):
             return False
     except ConnectionRefusedError:
         return True
@@ -428,8 +455,10 @@ class PostgresServer:
         port: int,
         port_chosen: bool,
         needs_database: bool,
+        netns: str | None,
     ) -> None:
         """Private: use :meth:`create`."""
+        self._netns = netns
         self._tool = tool
         self._directory = directory
         self._host = host
@@ -457,6 +486,7 @@ class PostgresServer:
         *,
         template: PostgresTemplate | None = None,
         timeout: float = 60.0,
+        netns: str | None = None,
     ) -> PostgresServer:
         """A new stopped server in a fresh directory under ``base_dir``.
 
@@ -469,14 +499,18 @@ class PostgresServer:
         picked again at the first :meth:`start` if something took it
         meanwhile; never 5432. ``template``: copy its data directory instead
         of running ``initdb`` (much faster). ``timeout``: seconds ``initdb``
-        or the copy may take.
+        or the copy may take. ``netns``: the network namespace to run the
+        server in (a name ``ip netns list`` shows, such as a simulated
+        host's :attr:`~trio_gm.testing.netns.Host.netns`; needs root);
+        ``host`` is then an address in that namespace.
 
         Raises :class:`PostgresServerError` when no server can be made here
         (see :meth:`unavailable_reason`) or ``initdb`` fails, and
-        ``ValueError``/``TypeError`` for a bad ``host`` or ``port``.
+        ``ValueError``/``TypeError`` for a bad ``host``, ``port`` or ``netns``.
         """
         _check_host(host)
         _check_port(port)
+        _check_netns(netns)
         tool = _toolchain()
         directory = _make_directory(tool, base_dir)
         try:
@@ -489,9 +523,10 @@ class PostgresServer:
                 tool=tool,
                 directory=directory,
                 host=host,
-                port=_free_port(host) if port is None else port,
+                port=_free_port(host, netns) if port is None else port,
                 port_chosen=port is None,
                 needs_database=template is None,
+                netns=netns,
             )
             server._write_server_conf()
         except BaseException:
@@ -509,12 +544,13 @@ class PostgresServer:
         *,
         template: PostgresTemplate | None = None,
         timeout: float = 60.0,
+        netns: str | None = None,
     ) -> Iterator[PostgresServer]:
         """A started server for the ``with`` block, destroyed afterwards whatever happens.
 
         Takes :meth:`create`'s arguments; ``timeout`` also bounds the start.
         """
-        server = cls.create(base_dir, host, port, template=template, timeout=timeout)
+        server = cls.create(base_dir, host, port, template=template, timeout=timeout, netns=netns)
         try:
             server.start(timeout=timeout)
             yield server
@@ -531,10 +567,11 @@ class PostgresServer:
         *,
         template: PostgresTemplate | None = None,
         timeout: float = 60.0,
+        netns: str | None = None,
     ) -> AsyncIterator[PostgresServer]:
         """:meth:`running` for trio: the blocking work runs in worker threads."""
         create = functools.partial(
-            cls.create, base_dir, host, port, template=template, timeout=timeout
+            cls.create, base_dir, host, port, template=template, timeout=timeout, netns=netns
         )
         server = await trio.to_thread.run_sync(create)
         try:
@@ -569,6 +606,11 @@ class PostgresServer:
         return self._host
 
     @property
+    def netns(self) -> str | None:
+        """The network namespace the server runs in, or None for ours."""
+        return self._netns
+
+    @property
     def port(self) -> int:
         """The TCP port; fixed from the first successful :meth:`start` on."""
         return self._port
@@ -582,6 +624,18 @@ class PostgresServer:
         """``postgresql+psycopg://postgres@HOST:PORT/test``, for :func:`trio_gm.open_store`."""
         netloc = f"[{self._host}]" if ":" in self._host else self._host
         return f"postgresql+psycopg://{SUPERUSER}@{netloc}:{self._port}/{DATABASE}"
+
+    @property
+    def socket_url(self) -> str:
+        """:attr:`url` through the Unix socket: it reaches the server from any network namespace.
+
+        From the test process, for instance, while the simulated host the
+        server runs on is cut off from the others.
+        """
+        return (
+            f"postgresql+psycopg://{SUPERUSER}@/{DATABASE}"
+            f"?host={quote(str(self.socket_dir), safe='/')}&port={self._port}"
+        )
 
     @property
     def dsn(self) -> str:
@@ -644,7 +698,7 @@ class PostgresServer:
         self._clear_leftovers()
         for _ in range(_PORT_ATTEMPTS):
             may_move = self._port_chosen and not self._started_once
-            if may_move and not _port_free(self._host, self._port):
+            if may_move and not _port_free(self._host, self._port, self._netns):
                 self._move_port()
                 continue
             offset = self._log_size()
@@ -735,7 +789,7 @@ class PostgresServer:
             self._wait(lambda: not _alive(pid), deadline, f"postmaster {pid} to die")
         self._paused = False
         self._wait(
-            lambda: _refuses(self._host, self._port),
+            lambda: _refuses(self._host, self._port, self._netns),
             deadline,
             f"port {self._port} to refuse connections",
         )
@@ -828,7 +882,9 @@ class PostgresServer:
             str(max(1, round(timeout))),
             *args,
         ]
-        return _run(self._tool, command, cwd=self._directory, timeout=timeout + 10)
+        return _run(
+            self._tool, command, cwd=self._directory, timeout=timeout + 10, netns=self._netns
+        )
 
     def _write_server_conf(self) -> None:
         settings = (
@@ -839,7 +895,7 @@ class PostgresServer:
         _write(self._tool, self.data_dir / "trio_gm_server.conf", settings)
 
     def _move_port(self) -> None:
-        self._port = _free_port(self._host)
+        self._port = _free_port(self._host, self._netns)
         self._write_server_conf()
 
     def _is_ours(self, pid: int) -> bool:
@@ -1054,6 +1110,18 @@ def _check_port(port: object) -> None:
     if port == SHARED_PORT:
         raise ValueError(
             f"port={SHARED_PORT} is the shared server's port; a private server never uses it"
+        )
+
+
+def _check_netns(netns: object) -> None:
+    if netns is None:
+        return
+    if not isinstance(netns, str):
+        raise TypeError(f"netns must be a str (a network namespace's name) or None, got {netns!r}")
+    if not netns or "/" in netns or netns in (".", "..") or not (_NETNS_DIR / netns).exists():
+        raise ValueError(
+            f"netns must name a network namespace in {str(_NETNS_DIR)!r} "
+            f"(as ip netns list shows them), got {netns!r}"
         )
 
 
