@@ -453,3 +453,59 @@ async def test_member_whose_store_stays_away_past_its_timeout_says_so_and_exits_
         assert_said_once(stderr, "unreachable for", "outage_timeout of 1 s")
         await private_postgres.start_async()
         await b.command("quit")
+
+
+async def _two_groups(url: str) -> tuple[MemberId, MemberId]:
+    first, second = MemberId("10.0.0.5:7000#ab", 1), MemberId("[fd00::2]:7000#cd", 3)
+    async with open_store(url) as store:
+        await store.create_tables()
+        await store.prune_or_create_group("room", first)
+        await store.record_new_member("room", first, second)
+        await store.record_dead_member("room", first, second)
+        await store.prune_or_create_group("lobby", MemberId("n", 1))
+    return first, second
+
+
+async def test_group_list_show_and_forget_tell_what_the_store_holds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gm.db'}"
+    first, second = await _two_groups(url)
+    listed = trio_gm("group", "list", "--store", url)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["lobby", "room"]
+    assert json.loads(trio_gm("group", "list", "--store", url, "--json").stdout) == {
+        "groups": ["lobby", "room"]
+    }
+    shown = trio_gm("group", "show", "room", "--store", url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "view version 2" in lines[0]
+    assert "2 in the ring, 1 alive" in lines[0]
+    assert lines[1].split() == ["1.", str(first), "on", "10.0.0.5", "alive"]
+    assert lines[2].split() == ["2.", str(second), "on", "fd00::2", "dead"]
+    as_json = json.loads(trio_gm("group", "show", "room", "--store", url, "--json").stdout)
+    assert as_json == {
+        "group": "room",
+        "version": 2,
+        "members": [
+            {"id": str(first), "node": first.node, "host": "10.0.0.5", "dead": False},
+            {"id": str(second), "node": second.node, "host": "fd00::2", "dead": True},
+        ],
+    }
+    forgot = trio_gm("group", "forget", "lobby", "--store", url, "--json")
+    assert json.loads(forgot.stdout) == {"event": "forgot", "group": "lobby", "existed": True}
+    again = trio_gm("group", "forget", "lobby", "--store", url, "--json")
+    assert json.loads(again.stdout)["existed"] is False
+    assert trio_gm("group", "list", "--store", url).stdout.split() == ["room"]
+
+
+def test_group_commands_fail_on_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert_one_line_failure(trio_gm("group", "list", "--store", url), 2, "create_tables")
+    assert_one_line_failure(
+        trio_gm("group", "show", "ghost", "--store", f"sqlite:///{tmp_path / 'none.db'}"),
+        2,
+        "create_tables",
+    )
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    assert_one_line_failure(trio_gm("group", "list", "--store", unreachable), 2, "cannot connect")
+    assert_one_line_failure(trio_gm("group", "show", "x" * 300, "--store", url), 2, "255")

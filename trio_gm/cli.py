@@ -68,7 +68,7 @@ from ._bench import (
     percentiles,
 )
 from ._cookie import load_cookie
-from .store import DEFAULT_OUTAGE_TIMEOUT, check_group_name
+from .store import DEFAULT_OUTAGE_TIMEOUT, Group, check_group_name
 from .testing.postgres import PostgresServer
 from .testing.soak import (
     SoakMember,
@@ -78,6 +78,7 @@ from .testing.soak import (
     print_report,
     run_soak,
 )
+from .transport.tcp import split_address
 
 log = logging.getLogger("trio_gm.cli")
 
@@ -916,6 +917,28 @@ def _parser() -> argparse.ArgumentParser:
         "--heartbeat", type=_positive, default=5.0, help="seconds of silence before a peer is down"
     )
     member.add_argument("--json", action="store_true", help="print JSON lines")
+
+    group = commands.add_parser(
+        "group",
+        epilog=_SEE_EXIT_STATUSES,
+        help="what the store holds of groups: list, show, forget",
+        description="What the store believes: during a partition, the view every member "
+        "acts on. 'list' the groups, 'show' one (its view version and its ring in order, "
+        "with alive/dead marks and each member's host), 'forget' one (delete its row: only "
+        "for a group none of whose members runs).",
+    )
+    actions = group.add_subparsers(dest="group_command", required=True, metavar="ACTION")
+    for action, helptext in (
+        ("list", "the names of every group in the store"),
+        ("show", "one group's view version and ring"),
+        ("forget", "delete one group's row (gm's forget_group)"),
+    ):
+        sub = actions.add_parser(action, help=helptext, epilog=_SEE_EXIT_STATUSES)
+        if action != "list":
+            sub.add_argument("group", type=_group_name, help="group name")
+        sub.add_argument("--store", required=True, help="store URL")
+        sub.add_argument("--schema", default=None, help="PostgreSQL schema holding the table")
+        sub.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -931,12 +954,73 @@ def _worker_parser() -> argparse.ArgumentParser:
     return worker
 
 
+async def _group(args: argparse.Namespace) -> int:
+    """``trio-gm group list|show|forget``: what the store believes of groups."""
+    out = _Printer(args.json)
+    try:
+        async with open_store(args.store, schema=args.schema) as store:
+            if args.group_command == "list":
+                names = await store.list_groups()
+                if args.json:
+                    print(json.dumps({"groups": names}), flush=True)
+                else:
+                    for name in names:
+                        print(name, flush=True)
+                return EXIT_OK
+            group = await store.read_group(args.group)
+            if group is None:
+                if args.group_command == "forget":
+                    out("forgot", group=args.group, existed=False)
+                    return EXIT_OK
+                raise UsageError(f"no group {args.group!r} in the store {store.url}")
+            if args.group_command == "forget":
+                await store.forget_group(args.group)
+                out("forgot", group=args.group, existed=True)
+                return EXIT_OK
+            _show_group(group, as_json=args.json)
+            return EXIT_OK
+    except StoreError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _member_host(node: str) -> str | None:
+    """The host in a node name ``host:port#incarnation`` (None for a node of one process)."""
+    try:
+        return split_address(node)[0]
+    except ValueError:
+        return None
+
+
+def _show_group(group: Group, *, as_json: bool) -> None:
+    members = [
+        {"id": str(m.id), "node": m.id.node, "host": _member_host(m.id.node), "dead": m.dead}
+        for m in group.members
+    ]
+    if as_json:
+        print(
+            json.dumps({"group": group.name, "version": group.version, "members": members}),
+            flush=True,
+        )
+        return
+    alive = sum(not m.dead for m in group.members)
+    print(
+        f"group {group.name!r}, view version {group.version}: "
+        f"{len(members)} in the ring, {alive} alive",
+        flush=True,
+    )
+    for position, member in enumerate(members, 1):
+        where = f" on {member['host']}" if member["host"] else ""
+        state = "dead" if member["dead"] else "alive"
+        print(f"  {position}. {member['id']}{where}  {state}", flush=True)
+
+
 _RUNNERS: Final = {
     "demo": _demo,
     "bench": _bench,
     "bench-worker": _bench_worker,
     "soak": _soak,
     "member": _member,
+    "group": _group,
 }
 
 

@@ -355,6 +355,17 @@ class GroupStore:
             "read_group", name, read, counted=False, read_committed=True, write=False
         )
 
+    async def list_groups(self) -> list[str]:
+        """The names of every group in the table, sorted."""
+
+        def names(conn: Connection) -> list[str]:
+            rows = conn.execute(select(gm_group.c.name).order_by(gm_group.c.name))
+            return [str(name) for (name,) in rows]
+
+        return await self._run(
+            "list_groups", None, names, counted=False, read_committed=True, write=False
+        )
+
     # ---------------------------------------------------------------- writes
 
     async def transact(
