@@ -50,7 +50,7 @@ import cattrs.preconf.msgpack
 import msgpack
 
 from .._ids import ActorId
-from .._packed import PACKED, PLAIN_LEN, PLAIN_NUMBERS, PLAIN_TYPES, Packed, is_plain
+from .._packed import PACKED, PLAIN_BOUND, PLAIN_LEN, PLAIN_NUMBERS, PLAIN_TYPES, Packed, is_plain
 from .validate import Validator, validator
 
 #: The extension code of markers (the head of a tuple, internal or user array).
@@ -75,6 +75,19 @@ _TRIAL_DECODE_OVER: Final = 200
 _SCALARS: Final = (type(None), bool, int, float, str, bytes)
 _PAIRS_OR_PLAIN: Final = PLAIN_TYPES | {tuple}
 _STR_BYTES: Final = frozenset({str, bytes})
+#: The plain types (``trio_gm._packed``), by what ``pack`` checks of them.
+_INT: Final = 0
+_FIXED: Final = 1
+_TEXT: Final = 2
+_BYTES: Final = 3
+_PLAIN_KINDS: Final[dict[type, int]] = {
+    int: _INT,
+    float: _FIXED,
+    bool: _FIXED,
+    type(None): _FIXED,
+    str: _TEXT,
+    bytes: _BYTES,
+}
 #: The ints that cross the wire.
 _INT_MAX: Final = 2**64 - 1
 _INT_MIN: Final = -(2**63)
@@ -325,15 +338,20 @@ class Codec:
         that cannot cross the wire (``msg[1]``, ``msg['key']``, ``msg.field``)
         and why, or, with ``max_size``, when the encoded message is longer.
         """
+        # What is plain and known to encode needs no encoding to know: an int
+        # in range, a float, a bool, None, short ASCII text or bytes.
         cls = type(msg)
-        if max_size is None or max_size >= 9:
-            # Numbers (and None, bools) encode to 9 bytes at most: no need
-            # to encode them to know.
-            if cls is int:
-                if _INT_MIN <= msg <= _INT_MAX:
-                    return msg
-            elif cls is float or cls is bool or msg is None:
+        if cls is int:  # the commonest first
+            if _INT_MIN <= msg <= _INT_MAX and (max_size is None or max_size >= 9):
                 return msg
+            kind: int | None = _INT
+        else:
+            kind = _PLAIN_KINDS.get(cls)
+            if kind is not None and (max_size is None or max_size >= PLAIN_BOUND):
+                if kind == _FIXED:
+                    return msg
+                if len(msg) <= PLAIN_LEN and (kind == _BYTES or msg.isascii()):
+                    return msg
         if self._packing:  # re-entered, from a cattrs hook say: the slow way
             try:
                 data = self.encode(msg)
@@ -361,8 +379,8 @@ class Codec:
             raise ValueError(
                 f"msg encodes to {len(data)} bytes, more than max_message_size={max_size} bytes"
             )
-        if cls in PLAIN_NUMBERS or ((cls is str or cls is bytes) and len(msg) <= PLAIN_LEN):
-            return msg
+        if kind is not None and (kind <= _FIXED or len(msg) <= PLAIN_LEN):
+            return msg  # plain: (non-ASCII text, or a small max_size)
         return (msg, data)
 
     def _explain(self, msg: Any, exc: BaseException) -> Exception:
