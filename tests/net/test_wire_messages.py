@@ -20,7 +20,7 @@ import trio
 
 import trio_gm
 from tests.gm_helpers import Events, Reporter
-from trio_gm._packed import Packed
+from trio_gm._packed import PLAIN_BOUND, PLAIN_LEN, Packed
 from trio_gm.actor import Actor, ActorContext
 from trio_gm.ring.members import calculate_activity, split_entries
 from trio_gm.ring.messages import ActivityEntry
@@ -405,7 +405,7 @@ def test_a_run_of_messages_only_fills_a_field_declared_for_it() -> None:
     """Anywhere else (a user payload) it is refused, and such a field holds nothing else."""
     codec = Codec(internal_classes())
     me = trio_gm.ActorId("n:1#a", 1)
-    run = codec.encode(ActivityEntry(me, first=0, pubs=(codec.pack(1),)))
+    run = codec.encode(ActivityEntry(me, first=0, pubs=(codec.pack([1]),)))
     decoded = msgpack.unpackb(run, raw=False)
     send = msgpack.unpackb(codec.encode(Send(me, False, "payload")), raw=False)
     send[3] = decoded[3]  # the run, as the message of a Send
@@ -414,3 +414,121 @@ def test_a_run_of_messages_only_fills_a_field_declared_for_it() -> None:
     decoded[3] = msgpack.unpackb(codec.encode(((1, b"\x01"),)), raw=False)  # a plain tuple
     with pytest.raises(CodecError, match=r"ActivityEntry\.pubs: expected a run of packed"):
         codec.decode(msgpack.packb(decoded))
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [None, True, 0, -(2**63), 2**64 - 1, 1.5, "", "x" * PLAIN_LEN, "\U0001f600" * PLAIN_LEN,
+     b"", b"x" * PLAIN_LEN],
+)  # fmt: skip
+def test_a_plain_message_travels_as_itself(msg: Any) -> None:
+    """What ``pack`` gives the ring for a number, None, a bool, a short str or bytes."""
+    codec = Codec(internal_classes())
+    assert codec.pack(msg) is msg
+    assert codec.pack(msg, max_size=PLAIN_BOUND) is msg
+
+
+@pytest.mark.parametrize(
+    "msg", ["x" * (PLAIN_LEN + 1), b"x" * (PLAIN_LEN + 1), bytearray(b"x"), (1,), [1], {"k": 1}]
+)
+def test_any_other_message_travels_as_its_bytes(msg: Any) -> None:
+    codec = Codec(internal_classes())
+    packed = codec.pack(msg)
+    assert type(packed) is tuple
+    assert packed[0] is msg
+    assert packed[1] == msgpack.packb(msg, use_bin_type=True) or type(msg) is tuple
+
+
+def test_a_plain_message_is_still_checked_and_sized() -> None:
+    codec = Codec(internal_classes())
+    with pytest.raises(ValueError, match=r"^msg: the str has a lone surrogate"):
+        codec.pack("\ud800")
+    with pytest.raises(ValueError, match=r"^msg: the int 18446744073709551616 is outside"):
+        codec.pack(2**64)
+    with pytest.raises(ValueError, match=r"9 bytes, more than max_message_size=8 bytes"):
+        codec.pack(2**40, max_size=8)
+    with pytest.raises(ValueError, match=r"4 bytes, more than max_message_size=3 bytes"):
+        codec.pack("abc", max_size=3)
+    assert codec.pack(5, max_size=1) == 5
+
+
+@pytest.mark.parametrize(
+    "pubs",
+    [
+        (1, 2.5, None, True, "s", b"b"),  # all plain: inline
+        ((["a"], b"\x91\xa1a"), ({"k": 1}, b"\x81\xa1k\x01")),  # pairs only
+        (1, (["a"], b"\x91\xa1a"), "s", ((), b"\x92\xc7\x01\x01\x00")),  # mixed
+    ],
+)
+def test_runs_of_plain_and_packed_messages_round_trip(pubs: tuple[Any, ...]) -> None:
+    """A receiver gets what was sent: plain values as themselves, pairs as pairs."""
+    codec = Codec(internal_classes())
+    me = trio_gm.ActorId("n:1#a", 1)
+    pubs = tuple(codec.pack(p if type(p) is not tuple else p[0]) for p in pubs)
+    entry = ActivityEntry(me, first=3, pubs=pubs, acks=1, ack_last=2)
+    decoded = codec.decode(codec.encode(entry))
+    assert [p[0] if type(p) is tuple else p for p in decoded.pubs] == [
+        p[0] if type(p) is tuple else p for p in pubs
+    ]
+    # Forwarded, the bytes are the same again.
+    assert codec.encode(decoded) == codec.encode(codec.decode(codec.encode(decoded)))
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ([1], r"a tuple holding a list"),
+        ({"k": 1}, r"a tuple holding a dict"),
+        ((1, b"\x01"), r"a tuple holding a tuple"),
+        ("x" * (PLAIN_LEN + 1), rf"a tuple holding a str of length {PLAIN_LEN + 1}, above"),
+        (b"x" * (PLAIN_LEN + 1), rf"a tuple holding a bytes of length {PLAIN_LEN + 1}, above"),
+    ],
+)
+def test_an_inline_run_holding_a_message_that_is_not_plain_is_a_codec_error(
+    bad: Any, match: str
+) -> None:
+    """Only plain messages travel inline: anything else there is a broken peer.
+
+    (A tuple there would be taken for a (value, bytes) pair, and a long str
+    would escape the bound batches count plain messages at.)
+    """
+    codec = Codec(internal_classes())
+    me = trio_gm.ActorId("n:1#a", 1)
+    decoded = msgpack.unpackb(codec.encode(ActivityEntry(me, pubs=(1, "s"))), raw=False)
+    decoded[3] = msgpack.unpackb(codec.encode((1, "s", bad)), raw=False)
+    with pytest.raises(CodecError, match=rf"^ActivityEntry\.pubs: expected .*, got {match}"):
+        codec.decode(msgpack.packb(decoded))
+
+
+def test_split_entries_counts_a_plain_message_at_its_bound() -> None:
+    codec = Codec(internal_classes())
+    p = trio_gm.ActorId("n:1#a", 2)
+    pubs = (1, "s", codec.pack(b"x" * 100), None)
+    parts = split_entries([ActivityEntry(p, first=0, pubs=pubs)], 2 * PLAIN_BOUND)
+    # Counted at their few real bytes, all four would fit.
+    assert [[e.pubs for e in part] for part in parts] == [[pubs[:2]], [pubs[2:]]]
+
+
+async def test_batches_of_plain_messages_are_cut_by_their_bound(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    """2000 plain strs of 256 encoded bytes in one go, a 64 kB frame limit: all arrive.
+
+    Plain messages travel as themselves, not as counted bytes; uncounted, they
+    would leave in one activity of about 500 kB.
+    """
+    collector = Collector(events)
+    payloads = [f"{i:04}" + "\U0001f600" * (PLAIN_LEN - 4) for i in range(2000)]
+    async with _two_members(sqlite_store, collector, max_frame_size=64 * 1024) as (
+        n1,
+        _n2,
+        a,
+        _b,
+    ):
+        for payload in payloads:
+            await a.broadcast(payload)
+        assert await collector.wait_for(("b", a.id), len(payloads)) == payloads
+        stats = n1.statistics()
+        assert stats is not None
+        assert stats.reconnects == 0
+        assert len(stats.peers) == 1

@@ -34,7 +34,7 @@ import trio
 
 from .._exceptions import ActorError, MemberStopped, StoreUnavailable
 from .._ids import MemberId
-from .._packed import Packed
+from .._packed import PLAIN_BOUND, Packed
 from ..actor import (
     Actor,
     ActorContext,
@@ -231,7 +231,8 @@ class MemberActor(Actor):
         self.max_in_flight = max_in_flight
         #: Encoded bytes of messages one activity may carry. None means no
         #: network side: no bound, and messages travel as they are; else
-        #: they travel as ``(value, bytes)`` pairs (``trio_gm._packed``).
+        #: they travel as ``(value, bytes)`` pairs or plain values
+        #: (``trio_gm._packed``).
         self.max_batch_bytes = max_batch_bytes
         self._io_factory = io_factory
         self.io: RingIO
@@ -266,8 +267,9 @@ class MemberActor(Actor):
         #: them over through a list, with one wake-up message per batch,
         #: keeps a broadcast down to a list append.
         #: Each is ``(msg, wire, size_hint)``: ``wire`` is what the ring
-        #: carries, the :data:`~trio_gm._packed.Packed` pair of ``msg`` on a
-        #: node with a network side, else ``msg`` itself.
+        #: carries: on a node with a network side what ``Codec.pack`` made
+        #: of ``msg`` (its :data:`~trio_gm._packed.Packed` pair, or ``msg``
+        #: itself if plain), else ``msg`` itself.
         self.incoming: list[tuple[Any, Any, int]] = []
         #: Number of this member's last publication acknowledged (or dropped
         #: because it was left alone): everything after it is in flight.
@@ -586,10 +588,11 @@ class MemberActor(Actor):
                         )
                         break
                     if not alone:
-                        if budget is not None and wire is not msg:
+                        if budget is not None:
                             # Cut batches by encoded bytes: no activity may
                             # exceed the frame budget, whatever the size hints.
-                            size = len(wire[1])
+                            # (A plain message travels as itself: its bound.)
+                            size = PLAIN_BOUND if wire is msg else len(wire[1])
                             if buffer and self.buffer_bytes + size > budget:
                                 self._flush()
                                 buffer = self.buffer
@@ -763,7 +766,8 @@ class MemberActor(Actor):
         This loop is the per-message cost of a member: keep it to the call.
         """
         handle_msg, args = self.callbacks.handle_msg, self.args
-        # With a network side publications are (value, bytes) pairs.
+        # With a network side publications are (value, bytes) pairs, or
+        # plain values (never tuples: trio_gm._packed).
         packed = self.max_batch_bytes is not None
         for entry in entries:
             pubs = entry.pubs
@@ -771,7 +775,7 @@ class MemberActor(Actor):
                 continue
             sender = entry.publisher
             for index, msg in enumerate(pubs):
-                if packed:
+                if packed and type(msg) is tuple:
                     msg = msg[0]
                 result = handle_msg(args, sender, msg)
                 if result is None:

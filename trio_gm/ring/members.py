@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._ids import MemberId
+from .._packed import encoded_bound
 from .messages import ActivityEntry, MemberSnapshot
 from .view import View
 
@@ -171,8 +172,9 @@ def calculate_activity(
 def split_entries(entries: list[ActivityEntry], budget: int) -> list[list[ActivityEntry]]:
     """Cut ``entries`` into parts whose encoded publications fit ``budget`` bytes.
 
-    Publications are ``(value, bytes)`` pairs (``trio_gm._packed``), as on a
-    node with a network side, the only place where a budget applies. One
+    Publications are ``(value, bytes)`` pairs or plain values
+    (``trio_gm._packed``), as on a node with a network side, the only place
+    where a budget applies. One
     publisher's run may be cut in several; its
     acknowledgements go with the last piece, so that processing the parts in
     order is processing ``entries``. A part holds at least one publication,
@@ -184,7 +186,7 @@ def split_entries(entries: list[ActivityEntry], budget: int) -> list[list[Activi
         pubs = entry.pubs
         start = 0
         for index, pub in enumerate(pubs):
-            nbytes = len(pub[1])
+            nbytes = encoded_bound(pub)
             if size + nbytes > budget and (index > start or parts[-1]):
                 if index > start:
                     piece = pubs[start:index]

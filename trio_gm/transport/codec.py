@@ -15,7 +15,9 @@ A user message is encoded once, at ``broadcast`` (:meth:`Codec.pack`):
 anything that cannot cross is refused there with a ``TypeError`` or
 ``ValueError`` naming its part, and what is accepted travels as those bytes
 (a ``(value, bytes)`` pair, :data:`~trio_gm._packed.Packed`) through every
-hop.
+hop; a plain message (a number, None, a bool, a short str or bytes: see
+``trio_gm._packed``) travels as itself, which msgpack writes again at each
+hop for less than keeping its bytes costs.
 
 The wire form. A tuple, an internal value or a user value is a msgpack
 array whose first item is a *marker* (a 1- or 2-byte extension value): the
@@ -26,7 +28,8 @@ field declared to hold packed messages (``trio_gm._packed.PACKED``: the
 publications of an activity entry, the pending messages of a snapshot) is,
 when not empty, one extension holding an array: their lengths, then the
 messages (their bytes, end to end), so a receiver decodes them in one pass
-and keeps each one's bytes to forward; such a field holds nothing else.
+and keeps each one's bytes to forward; or, when every message of the field
+is plain, a tuple of them, inline. Such a field holds nothing else.
 Everything else is inline in one msgpack document, so neither side copies
 nested values' bytes, and decoding is bottom-up with no recursion in
 Python: a marked array becomes its value (``list_hook``) once
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from itertools import accumulate, islice
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 import attrs
@@ -47,7 +50,7 @@ import cattrs.preconf.msgpack
 import msgpack
 
 from .._ids import ActorId
-from .._packed import PACKED, Packed
+from .._packed import PACKED, PLAIN_BOUND, PLAIN_LEN, PLAIN_NUMBERS, PLAIN_TYPES, Packed, is_plain
 from .validate import Validator, validator
 
 #: The extension code of markers (the head of a tuple, internal or user array).
@@ -70,6 +73,24 @@ MAX_NESTING: Final = 500
 _TRIAL_DECODE_OVER: Final = 200
 
 _SCALARS: Final = (type(None), bool, int, float, str, bytes)
+_PAIRS_OR_PLAIN: Final = PLAIN_TYPES | {tuple}
+_STR_BYTES: Final = frozenset({str, bytes})
+#: The plain types (``trio_gm._packed``), by what ``pack`` checks of them.
+_INT: Final = 0
+_FIXED: Final = 1
+_TEXT: Final = 2
+_BYTES: Final = 3
+_PLAIN_KINDS: Final[dict[type, int]] = {
+    int: _INT,
+    float: _FIXED,
+    bool: _FIXED,
+    type(None): _FIXED,
+    str: _TEXT,
+    bytes: _BYTES,
+}
+#: The ints that cross the wire.
+_INT_MAX: Final = 2**64 - 1
+_INT_MIN: Final = -(2**63)
 _second: Final = itemgetter(1)
 #: A decoded message this long keeps a view of the bytes it came in.
 _VIEW_OVER: Final = 65536
@@ -87,17 +108,48 @@ class CodecError(ValueError):
     """Bytes that do not decode to a value this codec knows."""
 
 
+def _plain_run(run: tuple[Any, ...]) -> bool:
+    """Whether every message of ``run`` is plain (``trio_gm._packed.is_plain``)."""
+    if PLAIN_NUMBERS.issuperset(map(type, run)):
+        return True  # the common case, all in C
+    kinds = set(map(type, run))
+    if not kinds <= PLAIN_TYPES:
+        return False
+    if kinds <= _STR_BYTES:
+        return max(map(len, run)) <= PLAIN_LEN
+    return all(len(item) <= PLAIN_LEN for item in run if type(item) in _STR_BYTES)
+
+
+def _describe_run(run: Any) -> str:
+    if type(run) is not tuple:
+        return type(run).__name__
+    for item in run:
+        if not is_plain(item):
+            what = type(item).__name__
+            if type(item) in _STR_BYTES:
+                what += f" of length {len(item)}, above {PLAIN_LEN}"
+            return f"a tuple holding a {what}"
+    return "a tuple"  # pragma: no cover
+
+
+def _no_fields(value: Any) -> tuple[()]:
+    return ()
+
+
 def _ext(code: int, data: bytes) -> Any:
     # ExtType's own constructor checks its arguments in Python: these are ours.
     return tuple.__new__(msgpack.ExtType, (code, data))
 
 
 class _Run:
-    """A decoded run of packed messages, until the field it fills takes it."""
+    """A decoded run of packed messages, until the field it fills takes it.
+
+    ``pairs`` are ``(value, bytes)`` pairs, and plain messages as themselves.
+    """
 
     __slots__ = ("pairs",)
 
-    def __init__(self, pairs: tuple[Packed, ...]) -> None:
+    def __init__(self, pairs: tuple[Any, ...]) -> None:
         self.pairs = pairs
 
 
@@ -125,6 +177,10 @@ class Codec:
         self._internal_marks: list[Any] = []
         #: The indexes of the fields holding packed messages, by tag.
         self._packed_fields: list[tuple[int, ...]] = []
+        #: What encoding an internal value takes, by class: its marker, a
+        #: getter of its fields (attrgetter: one call in C), how many fields
+        #: it has, and which hold packed messages.
+        self._encoders: dict[type, tuple[Any, Callable[[Any], Any], int, tuple[int, ...]]] = {}
         self._user_tags: dict[type, str] = {}
         self._user_classes: dict[str, type] = {}
         #: Decoded markers by their bytes.
@@ -163,6 +219,13 @@ class Codec:
             tuple(i for i, f in enumerate(attrs.fields(cls)) if f.metadata.get(key))
         )
         self._internal_validators.append(validator(cls))
+        names = self._internal_fields[tag]
+        self._encoders[cls] = (
+            self._internal_marks[tag],
+            attrgetter(*names) if names else _no_fields,
+            len(names),
+            self._packed_fields[tag],
+        )
 
     def register(self, cls: type, *, name: str | None = None) -> None:
         """Let instances of the attrs class ``cls`` cross the wire.
@@ -194,33 +257,54 @@ class Codec:
         cls = type(value)
         if cls is tuple:
             return [self._tuple_mark, *value]
-        tag = self._internal_tags.get(cls)
-        if tag is not None:
-            items = [
-                self._internal_marks[tag],
-                *[getattr(value, f) for f in self._internal_fields[tag]],
-            ]
-            for index in self._packed_fields[tag]:
+        encoder = self._encoders.get(cls)
+        if encoder is not None:
+            mark, getter, count, packed = encoder
+            if count > 1:
+                items = [mark, *getter(value)]
+            elif count:
+                items = [mark, getter(value)]
+            else:
+                items = [mark]
+            for index in packed:
                 run = items[index + 1]
                 if run and type(run) is tuple:  # (else the receiver refuses it)
-                    items[index + 1] = self._run_ext(run)
+                    kinds = set(map(type, run))
+                    if tuple in kinds:
+                        items[index + 1] = self._run_ext(run, kinds)
+                    elif not kinds <= PLAIN_TYPES:
+                        raise TypeError(
+                            "a field of packed messages holds something else than "
+                            "(value, bytes) pairs and plain values"
+                        )
+                    # else all plain: inline, as a tuple
             return items
         user_tag = self._user_tags.get(cls)
         if user_tag is not None:
             return [self._user_mark, user_tag, self.converter.unstructure(value)]
         raise TypeError(_unsendable(cls))
 
-    def _run_ext(self, run: Any) -> Any:
-        """The extension of a run of packed messages: lengths, then bytes."""
+    def _run_ext(self, run: Any, kinds: set[type]) -> Any:
+        """The extension of a run of packed messages: lengths, then bytes.
+
+        ``kinds`` are the types in ``run``: pairs (tuples), and plain values
+        among them are encoded here.
+        """
+        aux = self._aux_packer
         try:
-            parts = list(map(_second, run))
-            aux = self._aux_packer
+            if len(kinds) == 1:  # pairs only
+                parts = list(map(_second, run))
+            else:
+                if not kinds <= _PAIRS_OR_PLAIN:
+                    raise TypeError
+                parts = [item[1] if type(item) is tuple else aux.pack(item) for item in run]
             head = aux.pack_array_header(len(parts) + 1)
             lengths = aux.pack(list(map(len, parts)))
             return _ext(EXT_PACKED_RUN, b"".join([head, lengths, *parts]))
         except (TypeError, IndexError) as exc:
             raise TypeError(
-                "a field of packed messages holds something else than (value, bytes) pairs"
+                "a field of packed messages holds something else than (value, bytes) pairs "
+                "and plain values"
             ) from exc
 
     def _new_packer(self) -> Any:
@@ -243,13 +327,31 @@ class Codec:
             self._packing = False
         return result
 
-    def pack(self, msg: Any, *, max_size: int | None = None) -> Packed:
+    def pack(self, msg: Any, *, max_size: int | None = None) -> Packed | Any:
         """Encode a user message once, for :meth:`Member.broadcast`.
+
+        Returns what the ring carries: the pair ``(msg, its bytes)``, or for
+        a plain message (``trio_gm._packed.is_plain``) ``msg`` itself, once
+        it is known to encode (within ``max_size``).
 
         Raises ``TypeError`` or ``ValueError`` naming the part of ``msg``
         that cannot cross the wire (``msg[1]``, ``msg['key']``, ``msg.field``)
         and why, or, with ``max_size``, when the encoded message is longer.
         """
+        # What is plain and known to encode needs no encoding to know: an int
+        # in range, a float, a bool, None, short ASCII text or bytes.
+        cls = type(msg)
+        if cls is int:  # the commonest first
+            if _INT_MIN <= msg <= _INT_MAX and (max_size is None or max_size >= 9):
+                return msg
+            kind: int | None = _INT
+        else:
+            kind = _PLAIN_KINDS.get(cls)
+            if kind is not None and (max_size is None or max_size >= PLAIN_BOUND):
+                if kind == _FIXED:
+                    return msg
+                if len(msg) <= PLAIN_LEN and (kind == _BYTES or msg.isascii()):
+                    return msg
         if self._packing:  # re-entered, from a cattrs hook say: the slow way
             try:
                 data = self.encode(msg)
@@ -266,7 +368,7 @@ class Codec:
                     raise
                 raise self._explain(msg, exc) from None
             self._packing = False
-        if len(data) > _TRIAL_DECODE_OVER and type(msg) not in _SCALARS:
+        if len(data) > _TRIAL_DECODE_OVER and cls not in _SCALARS:
             try:
                 # Inside two arrays, as in a run of messages: the receivers
                 # decode it one level deeper than it was encoded.
@@ -277,6 +379,8 @@ class Codec:
             raise ValueError(
                 f"msg encodes to {len(data)} bytes, more than max_message_size={max_size} bytes"
             )
+        if kind is not None and (kind <= _FIXED or len(msg) <= PLAIN_LEN):
+            return msg  # plain: (non-ASCII text, or a small max_size)
         return (msg, data)
 
     def _explain(self, msg: Any, exc: BaseException) -> Exception:
@@ -372,10 +476,10 @@ class Codec:
                 if type(run) is _Run:
                     items[index + 1] = run.pairs
                     self._open_marks -= 1
-                elif run != ():
+                elif type(run) is not tuple or (run and not _plain_run(run)):
                     raise CodecError(
                         f"{cls.__name__}.{fields[index]}: expected a run of packed "
-                        f"messages, got {type(run).__name__}"
+                        f"messages or a tuple of plain ones, got {_describe_run(run)}"
                     )
             # Every field has its declared type before anything uses the value.
             checker = self._internal_validators[tag]
@@ -395,7 +499,7 @@ class Codec:
         except Exception as exc:
             raise CodecError(f"bad {items[1]}: {exc}") from exc
 
-    def _decode_run(self, data: bytes) -> tuple[Packed, ...]:
+    def _decode_run(self, data: bytes) -> tuple[Any, ...]:
         # [lengths, message, message, ...]: the messages' bytes are the end
         # of ``data``, one after the other, of these lengths.
         items = self.decode(data)
@@ -413,16 +517,29 @@ class Codec:
             raise CodecError("a run of messages longer than its extension")
         ends = list(accumulate(lengths, initial=start))
         del items[0]
+        pairs: Iterable[Packed]
         if max(lengths) < _VIEW_OVER:
             # All in C: the slices, then the (value, bytes) pairs.
             pieces = map(data.__getitem__, map(slice, ends, islice(ends, 1, None)))
-            return tuple(zip(items, pieces, strict=False))
-        # A large message keeps a view of the run's bytes, not a copy.
-        view = memoryview(data)
-        return tuple(
-            [
+            pairs = zip(items, pieces, strict=False)
+        else:
+            # A large message keeps a view of the run's bytes, not a copy.
+            view = memoryview(data)
+            pairs = [
                 (value, (data if end - begin < _VIEW_OVER else view)[begin:end])
                 for value, begin, end in zip(items, ends, ends[1:], strict=False)
+            ]
+        if PLAIN_TYPES.isdisjoint(map(type, items)):
+            return tuple(pairs)
+        # A run holding a plain message among others (a mix of kinds from
+        # one publisher): each plain one as itself, as it was sent.
+        return tuple(
+            [
+                pair[0]
+                if type(pair[0]) in PLAIN_NUMBERS
+                or (type(pair[0]) in _STR_BYTES and len(pair[0]) <= PLAIN_LEN)
+                else pair
+                for pair in pairs
             ]
         )
 
