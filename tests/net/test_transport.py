@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from typing import Any
 
 import attrs
@@ -136,6 +137,32 @@ async def test_a_lost_connection_kills_every_remote_actor_for_good(
             stats = n1.statistics()
             assert stats is not None
             assert stats.reconnects == 1
+
+
+async def test_a_stall_of_this_process_longer_than_the_heartbeat_is_no_nodedown(
+    sqlite_store: trio_gm.GroupStore, events: Events
+) -> None:
+    # Both nodes share this process's loop: while it is blocked neither can
+    # beat, and when it resumes the silence checks wake late. They must not
+    # take their own loop's stall for the peer's silence.
+    n1_cm, n2_cm = await _pair(sqlite_store, heartbeat_interval=0.5)
+    async with (
+        n1_cm as n1,
+        n2_cm as n2,
+        n1.open_member("g", Reporter(events), "a") as a,
+        n2.open_member("g", Reporter(events), "b") as b,
+    ):
+        await a.confirmed_broadcast("before")
+        for _ in range(3):
+            time.sleep(1.2)  # the whole loop stalls: 2.4 heartbeat intervals
+            await b.confirmed_broadcast("after a stall")
+        await a.confirmed_broadcast("after the stalls")
+        assert sorted(await a.group_members()) == sorted([a.id, b.id])
+        for node in (n1, n2):
+            stats = node.statistics()
+            assert stats is not None
+            assert stats.reconnects == 0
+            assert len(stats.peers) == 1
 
 
 async def _raw_connect(node: trio_gm.Node) -> trio.SocketStream:
