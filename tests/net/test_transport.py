@@ -154,7 +154,7 @@ async def test_a_stall_of_this_process_longer_than_the_heartbeat_is_no_nodedown(
     ):
         await a.confirmed_broadcast("before")
         for _ in range(3):
-            time.sleep(1.2)  # the whole loop stalls: 2.4 heartbeat intervals
+            time.sleep(1.2)  # noqa: ASYNC251 - the point: the whole loop stalls, 2.4 intervals
             await b.confirmed_broadcast("after a stall")
         await a.confirmed_broadcast("after the stalls")
         assert sorted(await a.group_members()) == sorted([a.id, b.id])
