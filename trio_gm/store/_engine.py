@@ -8,7 +8,11 @@ PostgreSQL
     SQLSTATE 40001 and the store re-runs it on the fresh row. Connections
     carry ``connect_timeout`` (libpq counts whole seconds, at least 2) so an
     unreachable server is an error, not a hang, and ``lock_timeout`` so a
-    worker thread never waits on a row lock without bound.
+    worker thread never waits on a row lock without bound. The same
+    ``connect_timeout`` is their TCP user timeout, with keepalives every
+    second, so a server that falls silent mid-query (a partition drops
+    packets) fails the query, as a dropped connection, rather than hanging
+    it for TCP's retransmissions (about 15 minutes).
 
 SQLite (the ``sqlite3`` driver)
     SQLite is serializable by construction (one writer at a time), but the
@@ -223,9 +227,20 @@ def _postgresql_engine(
     user_options = url.query.get("options")
     if isinstance(user_options, str):
         options.insert(0, user_options)
+    seconds = max(2, math.ceil(connect_timeout))
     connect_args: dict[str, Any] = {
         # libpq takes whole seconds and treats anything below 2 as 2.
-        "connect_timeout": max(2, math.ceil(connect_timeout)),
+        "connect_timeout": seconds,
+        # An open connection to a server that falls silent (a partition, a
+        # host gone) fails within the same bound instead of waiting out
+        # TCP's retransmissions (15 minutes): what it sent must be
+        # acknowledged by then, and while it waits for an answer, probes
+        # every second must be.
+        "tcp_user_timeout": seconds * 1000,
+        "keepalives": 1,
+        "keepalives_idle": 1,
+        "keepalives_interval": 1,
+        "keepalives_count": seconds,
         "options": " ".join(options),
     }
     if "application_name" not in url.query:

@@ -57,7 +57,8 @@ What a cancelled caller can assume
       next checkpoint. So a caller that got a result knows the change is
       committed, and one that got ``Cancelled`` knows it is not.
     - A cancelled caller waits for at most one attempt: its statements, at
-      most ``lock_timeout`` waiting for a lock and, if it must open a
+      most ``lock_timeout`` waiting for a lock, at most ``connect_timeout``
+      on a PostgreSQL server that fell silent and, if it must open a
       connection, at most ``connect_timeout``.
     - A transaction is never left open: the connection is rolled back and
       returned to the pool before the thread returns.
@@ -772,7 +773,9 @@ async def open_store(
     ``schema``: a PostgreSQL schema to keep the table in (default: the
     connection's search path). ``pool_size``: PostgreSQL connections, and so
     worker threads, used at once (SQLite always uses one). ``connect_timeout``:
-    seconds before a connection attempt fails (PostgreSQL; at least 2).
+    seconds before a connection attempt fails (PostgreSQL; at least 2), and
+    before a query on a server that fell silent (a partition) fails as a
+    dropped connection.
     ``lock_timeout``: seconds one attempt waits for a lock before it is
     retried. ``durable``: see :mod:`trio_gm.store._engine` and docs/store.md.
     ``retry``: the :class:`RetryPolicy`. ``outage_timeout`` (default 30 s):

@@ -88,18 +88,24 @@ class MemberProcess:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def expect(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    async def expect(
+        self, predicate: Callable[[dict[str, Any]], bool], *, after: int = 0
+    ) -> dict[str, Any]:
         """The first event (in order) matching ``predicate``, waiting up to ``wait`` seconds.
 
-        (For another bound, wrap the call in ``trio.fail_after`` or set ``wait``.)
+        ``after``: look only at ``events[after:]`` (``len(events)`` before a
+        command: what it printed, not what an earlier one did). (For another
+        bound, wrap the call in ``trio.fail_after`` or set ``wait``.)
         """
         wait = self.wait
         try:
             with trio.fail_after(wait):
                 while True:
-                    for event in self.events:
+                    for index in range(after, len(self.events)):
+                        event = self.events[index]
                         if predicate(event):
                             return event
+                    after = max(after, len(self.events))
                     if self.closed.is_set():
                         raise AssertionError(f"{self!r} exited without the expected event")
                     await self._changed.wait()
