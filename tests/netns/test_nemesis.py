@@ -9,6 +9,7 @@ kind; they run anywhere.
 from __future__ import annotations
 
 import io
+import math
 import signal
 from typing import Any
 
@@ -172,7 +173,7 @@ def test_a_clean_log_has_no_violation() -> None:
     log.final("p", "q", last=3)
     assert log.finish() == []
     checker = log.checker
-    assert checker.protected == ["p", "q"]
+    assert checker.untouched == ["p", "q"]
     assert checker.survivors == ["p", "q"]
     assert checker.deliveries == 2 * 2 * 4
     # p and q each hold both confirmed messages of each: 1 and the final 3.
@@ -248,19 +249,37 @@ def test_a_lost_confirmed_message_is_a_violation() -> None:
     assert "lacks q's confirmed message 1" in violations[0].text
 
 
-def test_a_confirmed_message_need_not_reach_a_member_touched_by_a_fault() -> None:
+def store_cut(log: Log, host: str) -> None:
+    start = log.at()
+    log.checker.fault(Fault("store", f"store cut: {host} <-> db", start, log.at(), frozenset(host)))
+
+
+def test_a_confirmed_message_need_not_reach_a_member_touched_before_it_was_confirmed() -> None:
+    log = Log()
+    log.start("p", "a")
+    log.start("q", "b")
+    log.numbered("q")
+    log.deliver("q", "q", 0, 1)
+    store_cut(log, "a")  # p survived it, but the checks ask nothing more of p
+    log.confirmed("q", 1)
+    log.killed("q")
+    log.final("p", last=0)
+    assert log.finish() == []
+    assert log.checker.untouched == []
+
+
+def test_a_fault_after_the_confirmation_does_not_excuse_a_lost_message() -> None:
     log = Log()
     log.start("p", "a")
     log.start("q", "b")
     log.numbered("q")
     log.deliver("q", "q", 0, 1)
     log.confirmed("q", 1)
-    start = log.at()
-    log.checker.fault(Fault("store", "store cut: a <-> db", start, log.at(), frozenset("a")))
-    log.killed("q")
-    log.final("p", last=0)
-    assert log.finish() == []
-    assert log.checker.protected == []
+    store_cut(log, "a")
+    log.killed("p")  # and p's log ends without q's 1
+    log.final("q", last=2)
+    violations = log.finish()
+    assert kinds(violations) == [("lost-confirmed", "p")]
 
 
 def test_a_fault_on_the_host_shortly_before_a_member_started_counts() -> None:
@@ -272,8 +291,11 @@ def test_a_fault_on_the_host_shortly_before_a_member_started_counts() -> None:
     log.now += 10.0
     log.start("q", "a")  # long after it
     checker = log.checker
-    assert not checker.is_protected(checker.logs["p"], log.now)
-    assert checker.is_protected(checker.logs["q"], log.now)
+    assert checker.touched_at(checker.logs["p"]) == start
+    assert checker.touched_at(checker.logs["q"]) == math.inf
+    # A kill touches its process from when it was sent.
+    log.killed("q")
+    assert checker.touched_at(checker.logs["q"]) == log.now - 1
 
 
 def test_a_connected_member_that_stopped_is_a_violation() -> None:

@@ -63,18 +63,24 @@ The checks (:class:`NemesisChecker`)
 
     * ``fence``: every member still running has made its final broadcast,
       and holds every other's messages up to that one.
-    * A member is *protected* if no kill or pause ever hit its process and
-      no partition or store cut touched its host (as one of the hosts
-      named above: the two of a partial or one-way cut, the minority of a
-      split, the host of a store cut) at any time from ``margin`` seconds
-      before the process started to the end of the chaos: it was alive and
-      connected to the majority and to the store all its life.
-      ``not-running``: a protected member stopped (or did not make its
-      final broadcast). ``lost-confirmed``: a protected member lacks a
-      message whose ``confirmed_broadcast`` returned, if it was ready
-      before that call began (the ``confirmed`` line's ``sent`` time, on
-      the same monotonic clock as the harness's read times) and still
-      running when the harness read that the call had returned.
+    * A member is *touched* from the start of the first fault that hit its
+      process (a kill, a pause) or its host (as one of the hosts named
+      above: the two of a partial or one-way cut, the minority of a split,
+      the host of a store cut), counting a fault on its host that ended
+      less than ``margin`` seconds before the process started. Until then
+      it was alive and connected to the majority and to the store all its
+      life. (Being conservative, the checks ask nothing of a member once it
+      has been touched, even by a fault it survived.)
+    * ``not-running``: a member stopped, or did not make its final
+      broadcast, without ever being touched.
+    * ``lost-confirmed``: a member lacks a message whose
+      ``confirmed_broadcast`` returned, though it was ready before that
+      call began (the ``confirmed`` line's ``sent`` time, on the same
+      monotonic clock as the harness's read times) and untouched and
+      running until the harness read that the call had returned. A fault
+      after that cannot excuse it: the member delivered the message before
+      the call returned, and its log holds all it printed, even if it was
+      killed later.
     * ``crash``: a member process exited in a way that is no gm outcome:
       not 3 (stopped by its group) nor 4 (by its store), nor killed by the
       nemesis, nor 0 after the harness asked it to quit.
@@ -222,9 +228,10 @@ class NemesisChecker:
         self.violations: list[Violation] = []
         self.violation_count = 0
         self.deliveries = 0
-        #: Confirmed messages checked against a protected member at the end.
+        #: (Confirmed message, member) pairs checked at the end.
         self.confirmed_checks = 0
-        self.protected: list[str] = []
+        #: The members never touched at all, at the end.
+        self.untouched: list[str] = []
         self.survivors: list[str] = []
         self.finished = False
         self._names: dict[str, str] = {}
@@ -337,18 +344,15 @@ class NemesisChecker:
 
     # -- the checks at the end
 
-    def is_protected(self, log: _Log, chaos_end: float) -> bool:
-        """Whether no fault touched ``log``'s member (see the module docstring)."""
+    def touched_at(self, log: _Log) -> float:
+        """When a fault first touched ``log``'s member (see the module docstring), or inf."""
+        first = math.inf
         for fault in self.faults:
-            if log.name in fault.members:
-                return False
-            if (
-                log.host in fault.hosts
-                and fault.start <= chaos_end
-                and fault.end + self.margin >= log.launched
+            if log.name in fault.members or (
+                log.host in fault.hosts and fault.end + self.margin >= log.launched
             ):
-                return False
-        return True
+                first = min(first, fault.start)
+        return first
 
     def finish(self, chaos_end: float) -> list[Violation]:
         """The checks at the end (after the fence); returns every violation kept."""
@@ -372,24 +376,36 @@ class NemesisChecker:
                         f"holds {sender.name}'s messages up to {got}, "
                         f"not up to its final confirmed one, {sender.final}",
                     )
-        protected = [log for log in logs if self.is_protected(log, chaos_end)]
-        self.protected = [log.name for log in protected]
-        confirmed = [(sender, entry) for sender in logs for entry in sender.confirmed]
-        for log in protected:
+        confirmed = sorted(
+            (
+                (at, sent, number, sender)
+                for sender in logs
+                for number, sent, at in sender.confirmed
+            ),
+            key=lambda entry: entry[0],
+        )
+        for log in logs:
             assert log.ready is not None
-            if log.exited is not None or log.final is None:
-                state = (
-                    f"exited with status {log.status} (reason {log.reason})"
-                    if log.exited is not None
-                    else "did not make its final confirmed broadcast"
-                )
-                self._violation(
-                    "not-running",
-                    log,
-                    "connected to the majority and the store all its life, but " + state,
-                )
-            for sender, (number, sent, at) in confirmed:
-                if sent <= log.ready or (log.exited is not None and at >= log.exited):
+            touched = self.touched_at(log)
+            # Until when it must hold every confirmed message sent while it was a member.
+            until = min(touched, math.inf if log.exited is None else log.exited)
+            if touched > (chaos_end if log.exited is None else log.exited):
+                self.untouched.append(log.name)
+                if log.exited is not None or log.final is None:
+                    state = (
+                        f"exited with status {log.status} (reason {log.reason})"
+                        if log.exited is not None
+                        else "did not make its final confirmed broadcast"
+                    )
+                    self._violation(
+                        "not-running",
+                        log,
+                        "connected to the majority and the store all its life, but " + state,
+                    )
+            for at, sent, number, sender in confirmed:
+                if at >= until:
+                    break
+                if sent <= log.ready:
                     continue
                 assert sender.id is not None
                 self.confirmed_checks += 1
@@ -397,8 +413,9 @@ class NemesisChecker:
                     self._violation(
                         "lost-confirmed",
                         log,
-                        f"lacks {sender.name}'s confirmed message {number} "
-                        f"(sent {sent - log.ready:.3f} s after this member was ready)",
+                        f"lacks {sender.name}'s confirmed message {number}, sent "
+                        f"{sent - log.ready:.3f} s after this member was ready and confirmed "
+                        f"before any fault touched it",
                     )
         return list(self.violations)
 
@@ -495,7 +512,8 @@ class NemesisReport:
     confirmed: int = 0
     confirmed_checks: int = 0
     survivors: int = 0
-    protected: int = 0
+    #: Survivors never touched by any fault.
+    untouched: int = 0
     violations: list[Violation] = attrs.Factory(list)
     violation_count: int = 0
     seconds: float = 0.0
@@ -541,9 +559,9 @@ def print_summary(report: NemesisReport, out: TextIO | None = None) -> int:
         (
             "confirmed messages",
             report.confirmed,
-            f"({report.confirmed_checks} checked against protected members)",
+            f"({report.confirmed_checks} checks of a member that must hold one)",
         ),
-        ("survivors at the end", report.survivors, f"({report.protected} protected all along)"),
+        ("survivors at the end", report.survivors, f"({report.untouched} never touched)"),
         ("violations", report.violation_count, ""),
     ]
     print(
@@ -731,7 +749,7 @@ class _Soak:
         report.confirmed = checker.confirmed_count
         report.confirmed_checks = checker.confirmed_checks
         report.survivors = len(checker.survivors)
-        report.protected = len(set(checker.protected) & set(checker.survivors))
+        report.untouched = len(set(checker.untouched) & set(checker.survivors))
         report.violations = list(checker.violations)
         report.violation_count = checker.violation_count
 
