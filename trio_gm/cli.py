@@ -14,9 +14,17 @@ standard input, one a line:
 ``confirm TEXT``      confirmed broadcast of TEXT (prints ``confirmed``)
 ``flood N``           broadcast the numbers 0 .. N-1, as fast as allowed
 ``flood-forever``     broadcast 0, 1, 2, ... until the process ends
+``numbered R E``      broadcast 0, 1, 2, ... R a second, every E-th with
+                      confirmed_broadcast (prints ``confirmed`` for each)
+``numbered-end``      end ``numbered`` with one more confirmed broadcast,
+                      the next number (prints ``confirmed``, ``numbered_end``)
 ``members``           print the alive members
 ``quit``              leave the group and exit
 ====================  ===================================================
+
+The ``confirmed`` lines of ``numbered`` carry ``sent``, the
+:func:`time.monotonic` just before the call (one clock for every process of
+a machine), so that a checker knows which members were in the group by then.
 
 Ctrl-C, SIGTERM or end of input leaves the group cleanly. With ``--json``
 every line printed is one JSON object (for programs driving the member).
@@ -69,6 +77,8 @@ from ._bench import (
 )
 from ._cookie import load_cookie
 from .store import DEFAULT_OUTAGE_TIMEOUT, Group, check_group_name
+from .testing.nemesis import KINDS, NemesisConfig, Progress, print_summary, run_nemesis
+from .testing.nemesis import unavailable_reason as nemesis_unavailable
 from .testing.postgres import PostgresServer
 from .testing.soak import (
     SoakMember,
@@ -333,6 +343,7 @@ async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
 
 async def _read_commands(member: Member, out: _Printer, nursery: trio.Nursery) -> None:
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    numbered = _Numbered()
     buffer = b""
     while True:
         chunk = await stdin.receive_some(65536)
@@ -346,7 +357,7 @@ async def _read_commands(member: Member, out: _Printer, nursery: trio.Nursery) -
             if command == "quit":
                 return
             try:
-                await _command(member, out, nursery, command, rest)
+                await _command(member, out, nursery, command, rest, numbered)
             except MemberStopped:
                 # The member is stopping on its own: its handle_terminate,
                 # which runs before any call fails, ends the commands.
@@ -354,7 +365,12 @@ async def _read_commands(member: Member, out: _Printer, nursery: trio.Nursery) -
 
 
 async def _command(
-    member: Member, out: _Printer, nursery: trio.Nursery, command: str, rest: str
+    member: Member,
+    out: _Printer,
+    nursery: trio.Nursery,
+    command: str,
+    rest: str,
+    numbered: _Numbered,
 ) -> None:
     if command == "send":
         await member.broadcast(rest)
@@ -373,6 +389,10 @@ async def _command(
         out("flooded", count=count)
     elif command == "flood-forever":
         nursery.start_soon(_flood_forever, member)
+    elif command == "numbered":
+        numbered.begin(member, out, nursery, rest)
+    elif command == "numbered-end":
+        numbered.finish(out)
     elif command == "members":
         out("members", members=[str(m) for m in await member.group_members()])
     elif command:
@@ -388,6 +408,61 @@ async def _flood_forever(member: Member) -> None:
             await trio.sleep(0.0005)
     except MemberStopped:
         return  # the member stopped on its own: _commands ends
+
+
+@attrs.define(eq=False)
+class _Numbered:
+    """``numbered R E``: numbers at a steady rate, some of them confirmed; ``numbered-end``."""
+
+    started: bool = False
+    end: trio.Event = attrs.Factory(trio.Event)
+
+    def begin(self, member: Member, out: _Printer, nursery: trio.Nursery, rest: str) -> None:
+        words = rest.split()
+        try:
+            rate, every = float(words[0]), int(words[1])
+            if len(words) != 2 or not rate > 0 or every < 1:
+                raise ValueError
+        except (ValueError, IndexError):
+            out(
+                "error",
+                message="numbered takes a rate (messages a second, > 0) and how often to "
+                f"confirm (every E-th message, E >= 1), got {rest!r}",
+            )
+            return
+        if self.started:
+            out("error", message="numbered is already running")
+            return
+        self.started = True
+        nursery.start_soon(self._run, member, out, 1 / rate, every)
+
+    def finish(self, out: _Printer) -> None:
+        if not self.started:
+            out("error", message="numbered-end without numbered")
+            return
+        self.end.set()
+
+    async def _run(self, member: Member, out: _Printer, interval: float, every: int) -> None:
+        i = 0
+        try:
+            while not self.end.is_set():
+                if i % every == every - 1:
+                    await self._confirm(member, out, i)
+                else:
+                    await member.broadcast(i)
+                i += 1
+                with trio.move_on_after(interval):
+                    await self.end.wait()
+            await self._confirm(member, out, i)  # the fence: every member has them all
+            out("numbered_end", last=i)
+        except MemberStopped:
+            return  # the member stopped on its own: _commands ends
+
+    @staticmethod
+    async def _confirm(member: Member, out: _Printer, i: int) -> None:
+        sent = time.monotonic()
+        await member.confirmed_broadcast(i)
+        out("confirmed", msg=i, sent=sent)
 
 
 # -- demo -------------------------------------------------------------------
@@ -705,10 +780,15 @@ async def _bench_worker(args: argparse.Namespace) -> int:
 
 
 async def _soak(args: argparse.Namespace) -> int:
+    if args.hosts is not None:
+        return await _nemesis_soak(args)
+    if args.nemesis is not None or args.members_per_host is not None or args.log_dir is not None:
+        raise UsageError("--nemesis, --members-per-host and --log-dir go with --hosts N")
+    members = 4 if args.members is None else args.members
     if not args.store_outages:
         async with _opened_store(args.store or "sqlite://") as store:
             report = await run_soak(
-                store, seconds=args.seconds, members=args.members, seed=args.seed, nodes=args.nodes
+                store, seconds=args.seconds, members=members, seed=args.seed, nodes=args.nodes
             )
         return print_report(report)
     if args.store is not None:
@@ -725,7 +805,7 @@ async def _soak(args: argparse.Namespace) -> int:
             report = await run_soak(
                 store,
                 seconds=args.seconds,
-                members=args.members,
+                members=members,
                 seed=args.seed,
                 nodes=args.nodes,
                 outage=postgres_outages(server),
@@ -733,6 +813,52 @@ async def _soak(args: argparse.Namespace) -> int:
     for outage in report.outages:
         print("store outage:", outage)
     return print_report(report)
+
+
+async def _nemesis_soak(args: argparse.Namespace) -> int:
+    """``soak --hosts N``: members on simulated hosts, and a nemesis (trio_gm.testing.nemesis)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--store", args.store),
+            ("--store-outages", args.store_outages or None),
+            ("--members", args.members),
+            ("--nodes", None if args.nodes == 1 else args.nodes),
+        )
+        if value is not None
+    ]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} cannot go with --hosts, which runs its own hosts, store and "
+            "members (--members-per-host sets how many)"
+        )
+    config = NemesisConfig(
+        hosts=args.hosts,
+        members_per_host=2 if args.members_per_host is None else args.members_per_host,
+        seconds=args.seconds,
+        seed=args.seed,
+        nemesis=frozenset(KINDS) if args.nemesis is None else args.nemesis,
+        log_dir=None if args.log_dir is None else Path(args.log_dir),
+    )
+    try:
+        config.check()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    why_not = nemesis_unavailable()
+    if why_not is not None:
+        raise UsageError(f"--hosts cannot run here: {why_not}")
+    report = await run_nemesis(config, progress=Progress(sys.stdout))
+    return print_summary(report)
+
+
+def _nemesis_kinds(text: str) -> frozenset[str]:
+    kinds = frozenset(word.strip() for word in text.split(",") if word.strip())
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(KINDS)}, got {text!r}"
+        )
+    return kinds
 
 
 # -- what every command shares ------------------------------------------------
@@ -863,10 +989,16 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_SEE_EXIT_STATUSES,
         help="soak-test a group with joins, leaves and kills",
         description="Members broadcast sequence numbers while others join, leave and are "
-        "killed; every callback checks gm's guarantees. Exit status 1 on any violation.",
+        "killed; every callback checks gm's guarantees. Exit status 1 on any violation. "
+        "With --hosts N, the nemesis soak: member processes on N simulated hosts and a "
+        "store on a host of its own, under partitions, kills, pauses and store cuts "
+        "(trio-gm soak --hosts 5 --seconds 600); a live progress line, then a summary; "
+        "exit status 2 where it cannot run (not root, no PostgreSQL binaries).",
     )
     soak.add_argument("--seconds", type=_positive, default=30.0, help="how long (default 30)")
-    soak.add_argument("--members", type=_at_least(2), default=4, help="group size to aim for")
+    soak.add_argument(
+        "--members", type=_at_least(2), default=None, help="group size to aim for (default 4)"
+    )
     soak.add_argument("--seed", type=int, default=0, help="random seed")
     soak.add_argument("--nodes", type=_at_least(1), default=1, help="TCP nodes to spread over")
     soak.add_argument("--store", default=None, help="store URL (default: in memory)")
@@ -876,6 +1008,36 @@ def _parser() -> argparse.ArgumentParser:
         help="run a PostgreSQL server of its own as the store, and kill, restart and stop it "
         "every 2 s or so (each outage under 3 s) beside the chaos; needs PostgreSQL's "
         "binaries (and, as root, the postgres user)",
+    )
+    soak.add_argument(
+        "--hosts",
+        type=_at_least(3),
+        default=None,
+        metavar="N",
+        help="the nemesis soak instead: N simulated hosts (network namespaces; needs root) and "
+        "a store host with a PostgreSQL server of its own, member processes on the hosts "
+        "broadcasting numbered messages, some confirmed, while a nemesis partitions hosts, "
+        "kills and pauses processes and cuts hosts from the store; every delivery checked",
+    )
+    soak.add_argument(
+        "--nemesis",
+        type=_nemesis_kinds,
+        default=None,
+        metavar="KINDS",
+        help=f"with --hosts: what the nemesis does, of {','.join(KINDS)} (default all)",
+    )
+    soak.add_argument(
+        "--members-per-host",
+        type=_at_least(1),
+        default=None,
+        metavar="M",
+        help="with --hosts: member processes on each host (default 2)",
+    )
+    soak.add_argument(
+        "--log-dir",
+        default=None,
+        help="with --hosts: keep every member's output and the nemesis's schedule here "
+        "(default: a temporary directory, kept only if a guarantee was violated)",
     )
     member = commands.add_parser(
         "member",

@@ -7,6 +7,11 @@ collects the JSON events it prints (``ready``, ``msg``, ``members_changed``,
 and writes its commands (``send``, ``confirm``, ``flood N``, ``members``,
 ``quit``). What it printed stays in :attr:`MemberProcess.events`, in order:
 the log a checker reads.
+
+A long run that checks as it goes (the nemesis soak) passes ``on_event``,
+called with every event as it is read, and ``keep_messages=False``, so that
+the ``msg`` events are not kept as well; ``log`` is a file that gets every
+line, after the time it was read.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import trio
 
@@ -33,10 +39,24 @@ DEFAULT_WAIT = 20.0
 class MemberProcess:
     """One ``python -m trio_gm.cli member --json`` process and what it printed."""
 
-    def __init__(self, name: str, *, host: Host | None = None, wait: float = DEFAULT_WAIT) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: Host | None = None,
+        wait: float = DEFAULT_WAIT,
+        on_event: Callable[[MemberProcess, dict[str, Any]], None] | None = None,
+        keep_messages: bool = True,
+        log: IO[bytes] | None = None,
+    ) -> None:
         self.name = name
         self.host = host
         self.wait = wait
+        self.on_event = on_event
+        self.keep_messages = keep_messages
+        #: Where every line read goes too, after its :func:`time.monotonic` read time.
+        self.log = log
+        #: Every event it printed, in order (without the ``msg`` ones if not ``keep_messages``).
         self.events: list[dict[str, Any]] = []
         self._changed = trio.Event()
         self.process: trio.Process | None = None
@@ -75,11 +95,19 @@ class MemberProcess:
         buffer = b""
         try:
             async for chunk in self.process.stdout:
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    self.events.append(json.loads(line))
-                    self._wake()
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                if not lines:
+                    continue
+                if self.log is not None:
+                    stamp = b"%.3f " % time.monotonic()
+                    self.log.writelines(stamp + line + b"\n" for line in lines)
+                for line in lines:
+                    event = json.loads(line)
+                    if self.on_event is not None:
+                        self.on_event(self, event)
+                    if self.keep_messages or event["event"] != "msg":
+                        self.events.append(event)
+                self._wake()
         finally:
             self.closed.set()
             self._wake()
