@@ -211,10 +211,17 @@ class HostGroup:
         return status
 
     async def quit(self, member: HostMember) -> None:
-        """``quit``; it must leave cleanly (status 0, nothing on standard error)."""
+        """``quit``; it must leave cleanly: status 0, no traceback or error on standard error.
+
+        WARNING lines are allowed: the transport logs, for instance, a dial
+        to a node on a host whose processes were killed being reset.
+        """
         await member.command("quit")
         status = await self.exit_status(member)
-        assert (status, member.stderr.text) == (0, ""), (
+        unexpected = [
+            line for line in member.stderr.text.splitlines() if not line.startswith("WARNING ")
+        ]
+        assert (status, unexpected) == (0, []), (
             f"{member.name} exited {status}: {member.stderr.text}"
         )
         assert member.events[-1] == {"event": "terminate", "reason": "normal"}
