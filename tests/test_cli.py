@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -394,6 +395,57 @@ async def test_end_of_input_after_flood_forever_leaves_cleanly(tmp_path: Path) -
         await a.process.stdin.aclose()
         status, stderr = await group.exit_status(a)
         assert (status, stderr) == (EXIT_OK, "")
+
+
+async def test_numbered_confirms_every_eth_and_ends_with_a_final_confirmed_one(
+    tmp_path: Path,
+) -> None:
+    async with members(tmp_path) as group:
+        a = await group.start("a")
+        b = await group.start("b")
+        await a.expect(lambda e: e["event"] == "members_changed" and e["births"] == [b.id])
+        before = time.monotonic()
+        await a.command("numbered 1000 3")
+        await a.command("numbered 5 1")
+        await a.expect(lambda e: e["event"] == "confirmed" and e["msg"] == 8)
+        await a.command("numbered-end")
+        last = (await a.expect(lambda e: e["event"] == "numbered_end"))["last"]
+        after = time.monotonic()
+        confirmed = [e for e in a.events if e["event"] == "confirmed"]
+        # Every third, then the final one, each with the time its call began.
+        assert [e["msg"] for e in confirmed] == [*range(2, last, 3), last]
+        sent = [e["sent"] for e in confirmed]
+        assert sent == sorted(sent)
+        assert before < sent[0] <= sent[-1] < after
+        # b had every number before a's final confirmed broadcast returned.
+        await b.expect(lambda e: e["event"] == "msg" and e["sender"] == a.id and e["msg"] == last)
+        assert b.messages_from(a.id) == list(range(last + 1))
+        for bad in (
+            "numbered",
+            "numbered 0 1",
+            "numbered 5 0",
+            "numbered five 1",
+            "numbered 1 2 3",
+        ):
+            await b.command(bad)
+        await b.command("numbered-end")
+        await b.command("members")
+        await b.expect(lambda e: e["event"] == "members")
+        usage = (
+            "numbered takes a rate (messages a second, > 0) and how often to confirm "
+            "(every E-th message, E >= 1), got "
+        )
+        assert [e["message"] for e in b.events if e["event"] == "error"] == [
+            usage + "''",
+            usage + "'0 1'",
+            usage + "'5 0'",
+            usage + "'five 1'",
+            usage + "'1 2 3'",
+            "numbered-end without numbered",
+        ]
+        assert [e["message"] for e in a.events if e["event"] == "error"] == [
+            "numbered is already running"
+        ]
 
 
 def test_a_closed_standard_output_is_one_line_and_exit_1() -> None:
