@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.net.procs import WAIT, MemberProcess
+from tests.net.procs import WAIT, MemberProcess, Stderr
 from trio_gm import MemberId
 from trio_gm.cli import (
     EXIT_FAILED,
@@ -224,21 +224,6 @@ def test_every_command_explains_itself() -> None:
 # -- trio-gm member, run as a user runs it ---------------------------------------
 
 GROUP = "cli"
-
-
-class Stderr:
-    """All a process writes on standard error, once it has closed it."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.closed = trio.Event()
-
-    async def collect(self, stream: trio.abc.ReceiveStream) -> None:
-        data = b""
-        async for chunk in stream:
-            data += chunk
-        self.text = data.decode(errors="replace")
-        self.closed.set()
 
 
 class Members:

@@ -94,13 +94,21 @@ class Member:
     def __repr__(self) -> str:
         return f"<Member {self.id} of {self.group_name!r}>"
 
+    def _stopped(self, how: str, cause: BaseException | None = None) -> MemberStopped:
+        """``MemberStopped`` saying ``how``, caused by the stop reason when it is an error."""
+        reason = self._actor.stop_reason
+        stopped = MemberStopped(
+            f"member {self.id} of group {self.group_name!r} {how}"
+            + (f" ({reason!r})" if reason else "")
+        )
+        # As ``raise stopped from ...`` would: the cause shown, not the context.
+        stopped.__cause__ = reason if isinstance(reason, BaseException) else cause
+        stopped.__suppress_context__ = True
+        return stopped
+
     def _check_alive(self) -> None:
         if self._mailbox.closed:
-            reason = self._actor.stop_reason
-            raise MemberStopped(
-                f"member {self.id} of group {self.group_name!r} has stopped"
-                + (f" ({reason!r})" if reason else "")
-            ) from (reason if isinstance(reason, BaseException) else None)
+            raise self._stopped("has stopped")
 
     async def _call(self, request: Any) -> Any:
         if self._in_own_callback():
@@ -112,11 +120,7 @@ class Member:
         try:
             return await self._handle.call(request, timeout=math.inf)
         except ActorError as exc:
-            reason = self._actor.stop_reason
-            raise MemberStopped(
-                f"member {self.id} of group {self.group_name!r} stopped before answering"
-                + (f" ({reason!r})" if reason else "")
-            ) from (reason if isinstance(reason, BaseException) else exc)
+            raise self._stopped("stopped before answering", exc)  # noqa: B904 - cause set there
 
     def _in_own_callback(self) -> bool:
         return trio.lowlevel.current_task() is self._actor.task

@@ -12,7 +12,7 @@ import trio
 from trio_gm.testing.member_process import DEFAULT_WAIT as WAIT
 from trio_gm.testing.member_process import MemberProcess
 
-__all__ = ["ROOT", "WAIT", "MemberProcess", "open_module_process"]
+__all__ = ["ROOT", "WAIT", "MemberProcess", "Stderr", "open_module_process"]
 
 
 #: The repository, so that ``python -m tests.net.…`` finds the test modules.
@@ -29,3 +29,20 @@ async def open_module_process(module: str, *args: str) -> trio.Process:
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+class Stderr:
+    """All a process writes on standard error, once it has closed it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.closed = trio.Event()
+
+    async def collect(self, stream: trio.abc.ReceiveStream) -> None:
+        data = b""
+        try:
+            async for chunk in stream:
+                data += chunk
+        finally:
+            self.text = data.decode(errors="replace")
+            self.closed.set()

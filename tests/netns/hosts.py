@@ -35,6 +35,7 @@ from typing import Any, Final
 
 import trio
 
+from tests.net.procs import Stderr
 from trio_gm.cli import EXIT_STOPPED_BY_GROUP, EXIT_STOPPED_BY_STORE
 from trio_gm.testing.member_process import MemberProcess
 from trio_gm.testing.netns import Host, SimulatedNetwork
@@ -70,23 +71,6 @@ HEARTBEAT: Final = 1.0
 WAIT: Final = 30.0
 #: A script's last element after ``flood-forever``: then 0, 1, 2, ... for ever.
 FOREVER: Final = object()
-
-
-class Stderr:
-    """All a process writes on standard error, once it has closed it."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.closed = trio.Event()
-
-    async def collect(self, stream: trio.abc.ReceiveStream) -> None:
-        data = b""
-        try:
-            async for chunk in stream:
-                data += chunk
-        finally:
-            self.text = data.decode(errors="replace")
-            self.closed.set()
 
 
 class HostMember(MemberProcess):

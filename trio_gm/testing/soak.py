@@ -197,29 +197,26 @@ async def run_soak(
             await join()
         deadline = trio.current_time() + seconds
         chaos_over = trio.Event()
-
-        async def outages() -> None:
-            assert outage is not None
-            outage_rng = random.Random(rng.random())
-            while not chaos_over.is_set():
-                with trio.move_on_after(outage_every * outage_rng.uniform(0.5, 1.5)):
-                    await chaos_over.wait()
-                if chaos_over.is_set():
-                    break
-                report.outages.append(await outage(outage_rng))
-
         outage_done = trio.Event()
-        if outage is not None:
 
-            async def run_outages() -> None:
-                try:
-                    await outages()
-                finally:
-                    outage_done.set()
+        async def outages(make_outage: Callable[[random.Random], Awaitable[str]]) -> None:
+            # Each outage runs to its end (the store back) before the next
+            # wait: once chaos_over is set, the store stays up.
+            outage_rng = random.Random(rng.random())
+            try:
+                while True:
+                    with trio.move_on_after(outage_every * outage_rng.uniform(0.5, 1.5)):
+                        await chaos_over.wait()
+                    if chaos_over.is_set():
+                        return
+                    report.outages.append(await make_outage(outage_rng))
+            finally:
+                outage_done.set()
 
-            nursery.start_soon(run_outages)
-        else:
+        if outage is None:
             outage_done.set()
+        else:
+            nursery.start_soon(outages, outage)
         changes = 0
         while trio.current_time() < deadline or changes < min_changes:
             await trio.sleep(change_every * rng.uniform(0.5, 1.5))

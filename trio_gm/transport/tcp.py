@@ -507,8 +507,8 @@ class _Connection:
         interval = self.transport.heartbeat_interval
         tick = interval / 4
         heard = trio.current_time()
+        due = heard + tick
         while True:
-            due = trio.current_time() + tick
             with trio.move_on_at(due) as scope:
                 data = await self.stream.receive_some(65536)
             if not scope.cancelled_caught:
@@ -518,9 +518,9 @@ class _Connection:
                 # Woke late: our own loop stalled, which says nothing of the
                 # peer. Give it half an interval (two beats) from now.
                 heard = max(heard, now - interval / 2)
-                continue
-            if now - heard >= interval:
+            elif now - heard >= interval:
                 raise ConnectionLost(f"no heartbeat from {self.peer} for {interval}s")
+            due = now + tick
 
     def _refuse(self, what: str) -> ConnectionLost:
         transport = self.transport
