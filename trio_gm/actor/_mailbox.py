@@ -155,20 +155,6 @@ class Mailbox:
                 await trio.lowlevel.checkpoint()
                 return item
 
-    def remove_if(self, predicate: Callable[[Any], bool]) -> int:
-        """Drop every waiting item for which ``predicate`` is true; return how many."""
-        removed = 0
-        for queue in (self._inbound, self._normal):
-            kept = [item for item in queue if not predicate(item)]
-            removed += len(queue) - len(kept)
-            queue.clear()
-            queue.extend(kept)
-        kept_heap = [entry for entry in self._heap if not predicate(entry[2])]
-        removed += len(self._heap) - len(kept_heap)
-        heapq.heapify(kept_heap)
-        self._heap = kept_heap
-        return removed
-
     def close(self) -> list[Any]:
         """Refuse further items and return those still waiting, best first."""
         self.closed = True

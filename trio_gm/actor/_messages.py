@@ -145,6 +145,3 @@ class Become:
 Result = Reply | NoReply | Stop | Become | None
 """What a handler returns. None from ``handle_cast``/``handle_info`` means
 ``NoReply()``; ``handle_call`` must say what it does with the call."""
-
-#: Reasons that count as an orderly stop.
-NORMAL_REASONS: Final = frozenset({"normal", "shutdown"})
