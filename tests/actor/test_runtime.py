@@ -18,12 +18,12 @@ from trio_gm.actor import (
     ActorContext,
     ActorHandle,
     ActorNode,
-    Become,
+    BecomeActor,
     Down,
     From,
     NoReply,
     Reply,
-    Stop,
+    StopActor,
 )
 
 
@@ -43,7 +43,7 @@ class Recorder(Actor):
         if request == "crash":
             raise RuntimeError("boom in call")
         if request == "stop":
-            return Stop("asked", reply="stopping")
+            return StopActor("asked", reply="stopping")
         return Reply(("ok", request))
 
     def handle_cast(self, msg: Any) -> Any:
@@ -51,7 +51,7 @@ class Recorder(Actor):
         if msg == "crash":
             raise RuntimeError("boom in cast")
         if isinstance(msg, tuple) and msg[0] == "stop":
-            return Stop(msg[1])
+            return StopActor(msg[1])
         return None
 
     def handle_info(self, msg: Any) -> Any:
@@ -596,10 +596,10 @@ async def test_down_never_overtakes_what_the_target_sent_before_dying() -> None:
         def init(self, ctx: ActorContext) -> None:
             self.ctx = ctx
 
-        def handle_cast(self, msg: Any) -> Stop:
+        def handle_cast(self, msg: Any) -> StopActor:
             for i in range(100):
                 self.ctx.cast(self.to, ("from sender", i))
-            return Stop("done")
+            return StopActor("done")
 
     node = ActorNode()
     watcher = Watcher()
@@ -627,12 +627,12 @@ async def test_become_swaps_the_callbacks_for_later_messages() -> None:
             log.append(f"second terminate {reason}")
 
     class First(Actor):
-        def handle_cast(self, msg: Any) -> Become | None:
+        def handle_cast(self, msg: Any) -> BecomeActor | None:
             log.append(f"first {msg}")
-            return Become(Second()) if msg == "swap" else None
+            return BecomeActor(Second()) if msg == "swap" else None
 
-        def handle_call(self, request: Any, from_: From) -> Become:
-            return Become(Second(), reply="swapped by call")
+        def handle_call(self, request: Any, from_: From) -> BecomeActor:
+            return BecomeActor(Second(), reply="swapped by call")
 
         def terminate(self, reason: Any) -> None:
             log.append("first terminate")

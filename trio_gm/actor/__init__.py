@@ -13,18 +13,21 @@ from ._messages import (
     HIBERNATE,
     NO_REPLY,
     TIMEOUT,
-    Become,
+    BecomeActor,
     Down,
     From,
     MonitorRef,
     NoReply,
     Reply,
-    Stop,
+    StopActor,
     Timeout,
     TimerRef,
 )
 from ._node import DEFAULT_CALL_TIMEOUT, ActorNode, NodeStatistics
 from ._server import TERMINATE_TIMEOUT, Actor, ActorContext, ActorHandle, ActorStatistics
+
+# alias kept until ring/member.py moves to StopActor; remove then
+Stop = StopActor
 
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
@@ -38,7 +41,7 @@ __all__ = [
     "ActorId",
     "ActorNode",
     "ActorStatistics",
-    "Become",
+    "BecomeActor",
     "Down",
     "From",
     "Mailbox",
@@ -47,7 +50,7 @@ __all__ = [
     "NoReply",
     "NodeStatistics",
     "Reply",
-    "Stop",
+    "StopActor",
     "Timeout",
     "TimerRef",
 ]

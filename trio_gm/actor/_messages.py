@@ -43,8 +43,8 @@ class Down:
     """The info message a monitor delivers once its target has stopped.
 
     ``reason`` is ``"normal"`` or ``"shutdown"`` for an orderly stop, the
-    reason given to ``Stop``, ``"killed"`` after ``kill()``, ``"noproc"`` when
-    the target did not exist when it was monitored, ``"noconnection"`` when
+    reason given to ``StopActor``, ``"killed"`` after ``kill()``, ``"noproc"``
+    when the target did not exist when it was monitored, ``"noconnection"`` when
     the target's node became unreachable, or the exception that crashed it.
     """
 
@@ -87,7 +87,7 @@ class _NoReplyValue:
         return "NO_REPLY"
 
 
-#: Default of ``Stop.reply`` and ``Become.reply``: send nothing to the caller.
+#: Default of ``StopActor.reply`` and ``BecomeActor.reply``: send the caller nothing.
 NO_REPLY: Final = _NoReplyValue()
 
 TimeoutSpec = float | _Hibernate | None
@@ -122,7 +122,7 @@ class NoReply:
 
 
 @attrs.frozen
-class Stop:
+class StopActor:
     """Stop the actor with ``reason`` after replying ``reply`` to a call."""
 
     reason: Any = "normal"
@@ -130,7 +130,7 @@ class Stop:
 
 
 @attrs.frozen
-class Become:
+class BecomeActor:
     """Carry on with another callback object (gen_server2's ``become``).
 
     The new object receives every later message; ``init`` is not called on
@@ -142,6 +142,6 @@ class Become:
     reply: Any = NO_REPLY
 
 
-Result = Reply | NoReply | Stop | Become | None
+Result = Reply | NoReply | StopActor | BecomeActor | None
 """What a handler returns. None from ``handle_cast``/``handle_info`` means
 ``NoReply()``; ``handle_call`` must say what it does with the call."""

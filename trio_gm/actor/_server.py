@@ -6,16 +6,16 @@ mailbox; everything about ids, calls and monitors is in the node.
 
 Stopping, in every way an actor can stop:
 
-=========================  ======================  ===========================
-how                        ``terminate`` called?   ``Down`` reason / owner sees
-=========================  ======================  ===========================
-handler returns ``Stop``   yes, with its reason    that reason; nothing raised
-owner's block exits        yes, ``"normal"``       ``"normal"``
-``handle.stop(reason)``    yes, with ``reason``    ``reason``
-enclosing scope cancelled  yes, ``"shutdown"``     ``"shutdown"``; Cancelled
-a handler raises           yes, with the exception the exception; it propagates
-``handle.kill()``          no                      ``"killed"``
-=========================  ======================  ===========================
+=============================  =======================  ============================
+how                            ``terminate`` called?    ``Down`` reason / owner sees
+=============================  =======================  ============================
+handler returns ``StopActor``  yes, with its reason     that reason; nothing raised
+owner's block exits            yes, ``"normal"``        ``"normal"``
+``handle.stop(reason)``        yes, with ``reason``     ``reason``
+enclosing scope cancelled      yes, ``"shutdown"``      ``"shutdown"``; Cancelled
+a handler raises               yes, with the exception  the exception; it propagates
+``handle.kill()``              no                       ``"killed"``
+=============================  =======================  ============================
 
 ``handle.kill()`` from the actor's own task (a handler killing its own
 actor) does not return: it raises a private BaseException that unwinds the
@@ -45,13 +45,13 @@ from ._messages import (
     HIBERNATE,
     NO_REPLY,
     TIMEOUT,
-    Become,
+    BecomeActor,
     Down,
     From,
     MonitorRef,
     NoReply,
     Reply,
-    Stop,
+    StopActor,
     TimeoutSpec,
     TimerRef,
 )
@@ -78,7 +78,7 @@ class Actor:
     """Base class of actor callbacks; every method is optional to override.
 
     Handlers may be plain or ``async def`` methods. A handler returns a
-    result (``Reply``, ``NoReply``, ``Stop``, ``Become``); ``handle_cast``
+    result (``Reply``, ``NoReply``, ``StopActor``, ``BecomeActor``); ``handle_cast``
     and ``handle_info`` may return None, meaning ``NoReply()``.
 
     To prioritise messages, define ``prioritise_call(request, from_)``,
@@ -443,10 +443,10 @@ class ActorCell:
                 result = self._handle_call(payload, from_)  # type: ignore[misc]
                 if type(result) is CoroutineType:
                     result = await result
-                if not isinstance(result, Reply | NoReply | Stop | Become):
+                if not isinstance(result, Reply | NoReply | StopActor | BecomeActor):
                     raise TypeError(
                         f"{type(self.behaviour).__name__}.handle_call must return Reply, "
-                        f"NoReply, Stop or Become, got {result!r} for {payload!r}"
+                        f"NoReply, StopActor or BecomeActor, got {result!r} for {payload!r}"
                     )
             else:
                 await _maybe_await(self.behaviour.terminate(from_))
@@ -471,12 +471,12 @@ class ActorCell:
             if from_ is not None:
                 self.node.reply(from_, result.value)
             self._timeout = result.timeout
-        elif cls is Stop:
+        elif cls is StopActor:
             if from_ is not None and result.reply is not NO_REPLY:
                 self.node.reply(from_, result.reply)
             self.stopping = True
             return result.reason
-        elif cls is Become:
+        elif cls is BecomeActor:
             if from_ is not None and result.reply is not NO_REPLY:
                 self.node.reply(from_, result.reply)
             self._set_behaviour(result.behaviour)
@@ -484,7 +484,7 @@ class ActorCell:
         else:
             raise TypeError(
                 f"{type(self.behaviour).__name__} handler returned {result!r}; expected "
-                "None, Reply, NoReply, Stop or Become"
+                "None, Reply, NoReply, StopActor or BecomeActor"
             )
         return _CONTINUE
 

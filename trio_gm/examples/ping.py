@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from trio_gm.actor import Actor, ActorContext, ActorId, ActorNode, From, Reply, Stop
+from trio_gm.actor import Actor, ActorContext, ActorId, ActorNode, From, Reply, StopActor
 
 RING = 5
 ROUNDS = 10_000
@@ -30,7 +30,7 @@ class Link(Actor):
         self.next = request
         return Reply(None)
 
-    def handle_cast(self, hops_left: int) -> Stop | None:
+    def handle_cast(self, hops_left: int) -> StopActor | None:
         if hops_left == 0:
             self.done.set()
             return None
