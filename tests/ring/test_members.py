@@ -308,8 +308,8 @@ def gm_catchup(
     return ms, activity
 
 
-def gm_remove_erased_members(members_state: GmState, all_known: Iterable[MemberId]) -> GmState:
-    return {member: members_state.get(member, BLANK) for member in all_known}
+def gm_remove_erased_members(members_state: GmState, known: Iterable[MemberId]) -> GmState:
+    return {member: members_state.get(member, BLANK) for member in known}
 
 
 def gm_erasable(
@@ -655,13 +655,13 @@ def test_erasable_aliases_only_when_last_pub_equals_last_ack() -> None:
     assert erasable_aliases(members, L, view) == []  # L inherits nobody
 
 
-def test_remove_erased_members_keeps_exactly_all_known() -> None:
+def test_remove_erased_members_keeps_exactly_the_known() -> None:
     view = group_to_view(Group("g", 1, (GroupMember(L), GroupMember(D, dead=True), GroupMember(M))))
     kept_l = pstate(L, 1, 2, last_pub=2, last_ack=0)
     kept_d = PublisherState(0, [], 4, 4)
     members: MembersState = {L: kept_l, D: kept_d, P: PublisherState(), Q: pstate(Q, 0, 0, 0, -1)}
     result = remove_erased_members(members, view)
-    assert set(result) == set(view.all_known()) == {L, D, M}
+    assert set(result) == set(view.known) == {L, D, M}
     assert result[L] is kept_l
     assert result[D] is kept_d
     assert (result[M].pending, result[M].last_pub, result[M].last_ack) == ([], -1, -1)
@@ -1000,7 +1000,7 @@ class Ring:
         self.group = Group("g", 0, tuple(GroupMember(mid(i)) for i in range(size)))
         self.next_serial = size
         self.view = group_to_view(self.group)
-        known = self.view.all_known()
+        known = self.view.known
         self.gm: dict[MemberId, GmState] = {
             m: gm_remove_erased_members({}, known) for m in self.view.members
         }
@@ -1121,7 +1121,7 @@ class Ring:
         old = self.view
         self.group = group
         self.view = view = group_to_view(group)
-        known = view.all_known()
+        known = view.known
         for member in list(self.gm):
             if member not in view.members:
                 del self.gm[member], self.ours[member]

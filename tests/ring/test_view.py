@@ -103,11 +103,11 @@ def test_view_carries_group_version_and_only_alive_members() -> None:
     assert view.alive == [A, C]
 
 
-def test_all_known_is_alive_plus_dead_aliases() -> None:
+def test_known_is_alive_plus_dead_aliases() -> None:
     view = group_to_view(ring((1, ALIVE), (2, DEAD), (3, ALIVE), (4, DEAD), (5, DEAD)))
-    assert view.all_known() == frozenset({A, B, C, D, E})
+    assert view.known == frozenset({A, B, C, D, E})
     only_alive = group_to_view(ring((1, ALIVE), (3, ALIVE)))
-    assert only_alive.all_known() == frozenset({A, C})
+    assert only_alive.known == frozenset({A, C})
 
 
 def test_is_alias() -> None:
@@ -222,7 +222,7 @@ def test_every_dead_member_has_exactly_one_heir_downstream(group: Group) -> None
         i = ids.index(dead)
         after = ids[i + 1 :] + ids[: i + 1]
         assert heirs[0] == next(m for m in after if group.is_alive(m))
-    assert view.all_known() == frozenset(group.ids)
+    assert view.known == frozenset(group.ids)
     inherited = [a for vm in view.members.values() for a in vm.aliases]
     assert sorted(inherited) == sorted(group.dead)
 

@@ -276,7 +276,7 @@ def catchup_entries(
 
 def remove_erased_members(members_state: MembersState, view: View) -> MembersState:
     """Keep exactly the publishers the view still knows, blank for new ones."""
-    return {member: members_state.get(member) or PublisherState() for member in view.all_known()}
+    return {member: members_state.get(member) or PublisherState() for member in view.known}
 
 
 def erasable_aliases(members_state: MembersState, self_id: MemberId, view: View) -> list[MemberId]:
