@@ -107,15 +107,17 @@ def test_orphan_join_is_fixed() -> None:
     """The left commits a join and dies before its catch-up.
 
     The joiner used to adopt its new left's state as history and miss the
-    messages published after it joined. Fixed in ``MemberActor._join`` and
-    ``MemberActor._adopt_as_orphan``.
+    messages published after it joined. Fixed in ``MemberActor._join``: when
+    the call to the left fails and the store shows the joiner recorded, the
+    joiner records itself dead and raises ``OrphanedJoin``; ``open_member``
+    then joins again under a new id.
     """
     report = run_schedule([188, 188, 440, 0, 0, 0, 0, 0, 0, 0, 0, 65, 182])
     assert report.violations == [], report.format()
     assert any(line.startswith("join") for line in report.trace)
 
 
-# -- real defects the explorer found and that are not fixed yet ----------------
+# -- real defects the explorer found with 5 members, now fixed -----------------
 
 
 def test_orphan_heir_erasing_early_is_fixed() -> None:
