@@ -46,6 +46,7 @@ BAD_NAMES = [
 STORE_CALLS: dict[str, Callable[[GroupStore, Any], Awaitable[object]]] = {
     "read_group": lambda store, name: store.read_group(name),
     "transact": lambda store, name: store.transact(name, lambda current: (None, None)),
+    "transact_op": lambda store, name: store.transact(name, ops.RecordDead(A, B)),
     "forget_group": lambda store, name: store.forget_group(name),
     "prune_or_create_group": lambda store, name: store.prune_or_create_group(name, A),
     "record_new_member": lambda store, name: store.record_new_member(name, A, B),
@@ -164,7 +165,7 @@ async def test_every_name_is_refused_with_value_error_or_round_trips(
         await _round_trip(store, name)
         # A name that round-trips also works through a transaction of the ring's own.
         changed = await store.transact(
-            name, lambda current: (ops.prune_or_create(current, name, B), "done")
+            name, lambda current: (ops.PruneOrCreate(B).apply(current, name), "done")
         )
         assert changed == "done"
         assert (await store.read_group(name)) is not None

@@ -14,10 +14,14 @@ import trio
 from trio_gm import MemberId, StoreError, StoreUnavailable
 from trio_gm.store import (
     DELETE,
+    EraseMembers,
     Group,
     GroupMember,
     GroupStore,
     LostMembership,
+    PruneOrCreate,
+    RecordDead,
+    RecordNewMember,
     RetryPolicy,
     gm_group,
     open_store,
@@ -175,6 +179,23 @@ async def test_forget_group(store: GroupStore) -> None:
 
 
 # -------------------------------------------------------------------- transact
+
+
+async def test_transact_runs_an_op_and_writes_only_a_change(store: GroupStore) -> None:
+    assert await store.transact("g", PruneOrCreate(A, 4)) == ring(A, version=4)
+    assert await store.transact("g", RecordNewMember(A, B)) == ring(A, B, version=5)
+    # No change: the stored group comes back, and nothing is written.
+    assert await store.transact("g", RecordNewMember(A, B)) == ring(A, B, version=5)
+    assert await store.transact("g", RecordDead(A, B)) == ring(A, dead(B), version=6)
+    lost = await store.transact("g", RecordDead(B, A))
+    assert isinstance(lost, LostMembership)
+    assert await store.transact("g", EraseMembers(A, (B,))) == ring(A, version=7)
+    assert await store.read_group("g") == ring(A, version=7)
+    stats = store.statistics()
+    assert (stats.transactions, stats.commits, stats.writes) == (6, 6, 4)
+    missing = await store.transact("h", RecordDead(A, B))
+    assert missing == LostMembership("h", "group 'h' does not exist")
+    assert await store.read_group("h") is None
 
 
 async def test_transact_writes_deletes_or_leaves_the_row(store: GroupStore) -> None:

@@ -8,8 +8,9 @@ operation. The default, :class:`ActorRingIO`, goes straight to the actor
 node and the store; a test harness can pass its own and hold, reorder or
 drop any of them.
 
-Store operations are values (:data:`StoreOp`), so a harness can see which
-change a member asked for before it runs.
+Store operations are values (:data:`~trio_gm.store.ops.StoreOp`, defined
+and applied in :mod:`trio_gm.store.ops` and re-exported here), so a harness
+can see which change a member asked for before it runs.
 """
 
 from __future__ import annotations
@@ -17,48 +18,21 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
-import attrs
-
 from .._ids import MemberId
 from ..actor import ActorContext, MonitorRef
 from ..store import Group, GroupStore, LostMembership
+from ..store.ops import EraseMembers, PruneOrCreate, RecordDead, RecordNewMember, StoreOp
 from .messages import AddOnRight, RingMessage
 
-
-@attrs.frozen
-class PruneOrCreate:
-    """Create the group with only ``self_id``, unless someone in it is alive."""
-
-    self_id: MemberId
-    min_version: int
-
-
-@attrs.frozen
-class RecordNewMember:
-    """Insert ``new`` to the right of ``left`` (who must be alive)."""
-
-    left: MemberId
-    new: MemberId
-
-
-@attrs.frozen
-class RecordDead:
-    """Mark ``member`` dead; with ``verify``, only while ``self_id`` is alive."""
-
-    self_id: MemberId
-    member: MemberId
-    verify: bool
-
-
-@attrs.frozen
-class EraseMembers:
-    """Remove the dead markers of ``members``, while ``self_id`` is alive."""
-
-    self_id: MemberId
-    members: tuple[MemberId, ...]
-
-
-StoreOp = PruneOrCreate | RecordNewMember | RecordDead | EraseMembers
+__all__ = [
+    "ActorRingIO",
+    "EraseMembers",
+    "PruneOrCreate",
+    "RecordDead",
+    "RecordNewMember",
+    "RingIO",
+    "StoreOp",
+]
 
 
 class RingIO(Protocol):
@@ -101,14 +75,4 @@ class ActorRingIO:
         return await self._store.read_group(self._group)
 
     async def transact(self, op: StoreOp) -> Group | LostMembership:
-        store, name = self._store, self._group
-        match op:
-            case PruneOrCreate(self_id, min_version):
-                return await store.prune_or_create_group(name, self_id, min_version)
-            case RecordNewMember(left, new):
-                return await store.record_new_member(name, left, new)
-            case RecordDead(self_id, member, verify):
-                return await store.record_dead_member(name, self_id, member, verify=verify)
-            case EraseMembers(self_id, members):
-                return await store.erase_members(name, self_id, members)
-        raise TypeError(f"unknown store operation {op!r}")  # pragma: no cover
+        return await self._store.transact(self._group, op)

@@ -16,8 +16,8 @@ everything a member does to the world until the scheduler picks it:
   watcher, after everything the target sent on it (as the runtime
   guarantees);
 * a store operation parks the member until a step runs it against the
-  in-memory :class:`~trio_gm.store.Group` with the pure functions of
-  :mod:`trio_gm.store.ops` (so changes are totally ordered, one per step);
+  in-memory :class:`~trio_gm.store.Group` with the op's own ``apply``
+  (:mod:`trio_gm.store.ops`), so changes are totally ordered, one per step;
   a dirty read returns the current group at once.
 
 After every step the harness waits until every task is blocked
@@ -44,7 +44,7 @@ from ...actor._node import CALL
 from ...ring.io import EraseMembers, PruneOrCreate, RecordDead, RecordNewMember, StoreOp
 from ...ring.member import OrphanedJoin, _ConfirmedBroadcast, raise_if_shutting_down
 from ...ring.messages import Activity, AddOnRight, Catchup, CheckNeighbours, RingMessage
-from ...store import Group, GroupStore, LostMembership, ops
+from ...store import Group, GroupStore, LostMembership
 from . import _checks
 from ._member import BUGS, ExplorerMember
 
@@ -467,17 +467,7 @@ class Harness:
 
     def apply(self, op: StoreOp) -> Group | LostMembership:
         """Run one store operation on the in-memory group (a committed transaction)."""
-        group, name = self.group, GROUP
-        result: Group | LostMembership
-        match op:
-            case PruneOrCreate(self_id, min_version):
-                result = ops.prune_or_create(group, name, self_id, min_version)
-            case RecordNewMember(left, new):
-                result = ops.add_member_right_of(group, left, new, name=name)
-            case RecordDead(self_id, member, verify):
-                result = ops.record_dead(group, self_id, member, verify, name=name)
-            case EraseMembers(self_id, members):
-                result = ops.erase_members(group, self_id, members, name=name)
+        result = op.apply(self.group, GROUP)
         if isinstance(result, Group):
             self.group = result
         return result
