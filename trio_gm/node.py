@@ -24,13 +24,16 @@ from ._groups import raise_unwrapped
 from ._ids import MemberId
 from .actor import ActorHandle, ActorNode
 from .ring.member import (
+    ConfirmRequest,
     GroupInfo,
+    InfoRequest,
     MemberActor,
+    MembersRequest,
     MemberStatistics,
     OrphanedJoin,
-    _ConfirmedBroadcast,
-    _Request,
-    _ValidateMembers,
+    ReadyRequest,
+    StatisticsRequest,
+    ValidateMembers,
     raise_if_shutting_down,
 )
 from .store import GroupStore, check_group_name
@@ -87,7 +90,6 @@ class Member:
         cell = handle.node.cell(handle.id)
         assert cell is not None
         self._mailbox = cell.mailbox
-        self._done = cell.done
         self.id: MemberId = handle.id
         self.group_name: str = actor.group_name
 
@@ -130,16 +132,38 @@ class Member:
         actor = self._actor
         while actor.in_flight >= actor.max_in_flight:
             self._check_alive()
-            if actor.room.is_set():
-                actor.room = trio.Event()  # shared by every waiting task
-            try:
-                async with trio.open_nursery(strict_exception_groups=True) as nursery:
-                    # A killed member runs no terminate to wake us: its end does.
-                    for event in (actor.room, self._done):
-                        nursery.start_soon(_set_then_cancel, event, nursery.cancel_scope)
-            except BaseExceptionGroup as exc:  # a cancellation of the broadcast
-                raise_unwrapped(exc, "broadcast")
+            # Woken when room appears and when the member ends (a kill too).
+            await actor.room.park()
         self._check_alive()
+
+    def _pack(self, msg: Any) -> Any:
+        if self._codec is None:
+            return None
+        return self._codec.pack(msg, max_size=self._max_message_size)
+
+    def _offer(self, msg: Any, size_hint: int, packed: Any) -> None:
+        actor = self._actor
+        if actor.shutting_down is not None:
+            raise MemberStopped(
+                f"member {self.id} is shutting down ({actor.shutting_down!r}): "
+                "the broadcast was not sent"
+            )
+        actor.offer(msg, size_hint, packed)
+
+    def broadcast_nowait(self, msg: Any, size_hint: int = 0) -> None:
+        """:meth:`broadcast` without waiting: ``trio.WouldBlock`` when it would wait.
+
+        It would wait only when ``max_in_flight`` of this member's messages
+        are in flight (flow control); from the member's own callbacks it
+        never does. ``msg`` is checked and encoded as by :meth:`broadcast`.
+        """
+        _check_size_hint(size_hint)
+        packed = self._pack(msg)
+        actor = self._actor
+        self._check_alive()
+        if actor.in_flight >= actor.max_in_flight and not self._in_own_callback():
+            raise trio.WouldBlock
+        self._offer(msg, size_hint, packed)
 
     async def broadcast(self, msg: Any, size_hint: int = 0) -> None:
         """Send ``msg`` to every member; returns once it is accepted.
@@ -160,24 +184,15 @@ class Member:
         arrives as ``bytes``), and buffered messages also go once they pass
         1 MiB encoded, whatever the hints say.
         """
-        if size_hint.__class__ is not int or size_hint < 0:
-            raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")
-        packed = None
-        if self._codec is not None:
-            packed = self._codec.pack(msg, max_size=self._max_message_size)
+        _check_size_hint(size_hint)
+        packed = self._pack(msg)
         actor = self._actor
         if actor.in_flight >= actor.max_in_flight and not self._in_own_callback():
             await self._wait_for_room()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-            if self._mailbox.closed:
-                self._check_alive()
-        if actor.shutting_down is not None:
-            raise MemberStopped(
-                f"member {self.id} is shutting down ({actor.shutting_down!r}): "
-                "the broadcast was not sent"
-            )
-        actor.offer(msg, size_hint, packed)
+            self._check_alive()
+        self._offer(msg, size_hint, packed)
 
     async def confirmed_broadcast(self, msg: Any) -> None:
         """Broadcast ``msg`` and return once every member of the group has it.
@@ -197,11 +212,9 @@ class Member:
                 "to handle more messages, which it does once the callback returns; "
                 "use broadcast"
             )
-        packed = None
-        if self._codec is not None:
-            packed = self._codec.pack(msg, max_size=self._max_message_size)
+        packed = self._pack(msg)
         await self._wait_for_room()
-        raise_if_shutting_down(await self._call(_ConfirmedBroadcast(msg, packed)), self.id)
+        raise_if_shutting_down(await self._call(ConfirmRequest(msg, packed)), self.id)
 
     async def info(self) -> GroupInfo:
         """The group name, the current callbacks and the alive members.
@@ -211,17 +224,16 @@ class Member:
         """
         if self._in_own_callback():
             await trio.lowlevel.checkpoint()
-            actor = self._actor
-            return GroupInfo(actor.group_name, actor.callbacks, actor.view.alive)
-        result: GroupInfo = await self._call(_Request.INFO)
+            return self._actor.info()
+        result: GroupInfo = await self._call(InfoRequest())
         return result
 
     async def group_members(self) -> list[MemberId]:
         """The alive members of the group, as this member's view has them."""
         if self._in_own_callback():
             await trio.lowlevel.checkpoint()
-            return self._actor.view.alive
-        result: list[MemberId] = await self._call(_Request.GROUP_MEMBERS)
+            return self._actor.alive_members
+        result: list[MemberId] = await self._call(MembersRequest())
         return result
 
     async def validate_members(self, known: list[MemberId] | tuple[MemberId, ...]) -> None:
@@ -232,14 +244,14 @@ class Member:
                 raise TypeError(f"validate_members takes MemberId values, got {member!r}")
         self._check_alive()
         await trio.lowlevel.checkpoint()
-        self._handle.cast(_ValidateMembers(members))
+        self._handle.cast(ValidateMembers(members))
 
     async def statistics(self) -> MemberStatistics:
         """A snapshot: view version, ring size, pending acks, counters."""
         if self._in_own_callback():
             await trio.lowlevel.checkpoint()
-            return self._actor._statistics()
-        result: MemberStatistics = await self._call(_Request.STATISTICS)
+            return self._actor.statistics()
+        result: MemberStatistics = await self._call(StatisticsRequest())
         return result
 
     async def leave(self) -> None:
@@ -272,11 +284,6 @@ class Member:
     @property
     def alive(self) -> bool:
         return self._handle.alive
-
-
-async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
 
 
 class Node:
@@ -333,7 +340,6 @@ class Node:
         args: Any = None,
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        io_factory: Any = None,
     ) -> AsyncIterator[Member]:
         """Join ``group`` for the duration of the block.
 
@@ -366,7 +372,6 @@ class Node:
                     if self.transport is None
                     else min(MAX_BATCH_BYTES, frame_budget(self.transport.max_frame_size))
                 ),
-                io_factory=io_factory,
             )
 
         actor = new_actor()
@@ -385,7 +390,7 @@ class Node:
                     break
                 member = Member(actor, handle, self.codec, self.max_message_size)
                 try:
-                    await member._call(_Request.AWAIT_READY)
+                    await member._call(ReadyRequest())
                     yield member
                 except BaseException as exc:
                     raised = exc
@@ -394,6 +399,11 @@ class Node:
                     handle.stop_nowait("normal")
         except BaseExceptionGroup as exc:
             raise_unwrapped(exc, f"open_member({group!r})", raised)
+
+
+def _check_size_hint(size_hint: object) -> None:
+    if size_hint.__class__ is not int or size_hint < 0:  # type: ignore[operator,unused-ignore]
+        raise ValueError(f"size_hint must be an int >= 0, got {size_hint!r}")
 
 
 def _check_int(name: str, value: object, least: int, unit: str = "") -> int:

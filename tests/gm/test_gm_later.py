@@ -53,11 +53,11 @@ async def test_check_neighbours_before_catchup_is_ignored(
             actor = MemberActor(GROUP, Reporter(events), "x", sqlite_store, max_in_flight=10)
             async with trio.open_nursery() as nursery:
                 handle = await node.actors.start_actor(nursery, actor)
-                actor.members_state = None  # as before a catch-up arrives
-                node.actors.cast(handle.id, CheckNeighbours(actor.view.version + 5))
+                actor.core.members_state = None  # as before a catch-up arrives
+                node.actors.cast(handle.id, CheckNeighbours(actor.core.view.version + 5))
                 await trio.testing.wait_all_tasks_blocked()
                 assert handle.alive
-                assert actor.members_state is None
+                assert actor.core.members_state is None
                 nursery.cancel_scope.cancel()
             await a.confirmed_broadcast("still fine")
 
@@ -107,7 +107,7 @@ async def test_ring_messages_before_first_catchup_are_held_until_it(
                 b = joined[0]
                 await a.confirmed_broadcast("real")
                 await events.expect("msg", "b", a.id, "real")
-                assert b_actor.held == []
+                assert b_actor.core.held == []
                 assert _msgs(events, "b") == []  # no stray, no second "real"
                 assert b.alive
                 nursery.cancel_scope.cancel()
@@ -136,20 +136,25 @@ async def test_down_of_the_left_does_not_overtake_its_last_activity(
 
 
 def test_down_priorities() -> None:
-    """flush 1; DOWN before the state 0; DOWN of the left 0; other DOWNs 1."""
+    """flush timer 1; DOWN before the state 0; DOWN of the left 0; other DOWNs 1."""
     from trio_gm.actor import Down, MonitorRef
+    from trio_gm.ring.core import MembershipChecked, NeighbourDown, RingCore, Tick, priority
 
-    actor = MemberActor(GROUP, None, None, None, max_in_flight=1)  # type: ignore[arg-type]
     me, left, right = (trio_gm.MemberId("n", i) for i in (1, 2, 3))
+    actor = MemberActor(GROUP, None, None, None, max_in_flight=1)  # type: ignore[arg-type]
+    core = actor.core = RingCore(me, GROUP)
+    core.left, core.right = (left, 10), (right, 11)
     left_ref, right_ref = MonitorRef("n", 10), MonitorRef("n", 11)
-    actor.self_id, actor.left, actor.right = me, (left, left_ref), (right, right_ref)
-    assert actor.prioritise_info("flush") == 1
+    assert actor.prioritise_info(Tick()) == priority(core, Tick()) == 1
+    assert actor.prioritise_info(MembershipChecked(None)) == 1
     assert actor.prioritise_info(Down(right_ref, right, "killed")) == 0  # no state yet
-    actor.members_state = {}
+    assert priority(core, NeighbourDown(11, right)) == 0
+    core.members_state = {}
     assert actor.prioritise_info(Down(left_ref, left, "killed")) == 0
     assert actor.prioritise_info(Down(right_ref, right, "killed")) == 1
+    assert priority(core, NeighbourDown(11, right)) == 1
     # A ring of two: the left is the right too; both its DOWNs wait.
-    actor.right = (left, right_ref)
+    core.right = (left, 11)
     assert actor.prioritise_info(Down(right_ref, left, "killed")) == 0
     assert actor.prioritise_info("anything else") == 0
 
@@ -298,9 +303,9 @@ async def test_lost_membership_found_by_an_activity(
 ) -> None:
     """RabbitMQ issue 714: the group was deleted under a running ring; the
     next activity finds out and the member stops with ``shutdown``."""
-    from trio_gm.ring import member
+    from trio_gm.ring import core
 
-    monkeypatch.setattr(member, "MEMBERSHIP_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr(core, "MEMBERSHIP_CHECK_INTERVAL", 0.0)
     async with trio_gm.open_node(sqlite_store) as node:
         async with node.open_member(GROUP, Reporter(events), "a") as a:
             async with node.open_member(GROUP, Reporter(events), "b") as b:

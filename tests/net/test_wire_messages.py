@@ -22,7 +22,7 @@ import trio_gm
 from tests.gm_helpers import Events, Reporter
 from trio_gm._packed import PLAIN_BOUND, PLAIN_LEN, Packed
 from trio_gm.actor import Actor, ActorContext
-from trio_gm.ring.members import calculate_activity, split_entries
+from trio_gm.ring.members_state import calculate_activity, split_entries
 from trio_gm.ring.messages import ActivityEntry
 from trio_gm.ring.view import group_to_view
 from trio_gm.store import Group, GroupMember

@@ -109,6 +109,10 @@ class Actor:
     def terminate(self, reason: Any) -> Awaitable[None] | None:
         return None
 
+    def ended(self, reason: Any) -> None:
+        """Called last, however the actor ended (a kill too): no awaiting here."""
+        return None
+
     def idle(self) -> Awaitable[None] | None:
         """Called when a handler asked for ``HIBERNATE`` and the mailbox is empty."""
         return None
@@ -389,6 +393,9 @@ class ActorCell:
         for ref, watcher in watchers.items():
             self.node.post(watcher, (INFO, Down(ref, self.id, reason), None))
         self.done.set()
+        ended = getattr(self.behaviour, "ended", None)
+        if ended is not None:
+            ended(reason)
 
     async def _next_envelope(self) -> tuple[int, Any, Any]:
         """Wait for a message, applying the timeout the last handler asked for."""

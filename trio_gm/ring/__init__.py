@@ -57,13 +57,13 @@ older view refreshes it from the store before acting on the message, so it
 learns of a death before it handles the messages that death made it
 responsible for. Views only grow more informed, and a dead member is
 erased from the stored ring only once its heir has seen its last
-publication acknowledged (``members.erasable_aliases``): then nothing of it
+publication acknowledged (``members_state.erasable_aliases``): then nothing of it
 can be in flight.
 
 Catch-up
 --------
 When a member gets a new left (after a death or a join), the left sends its
-whole state; the member computes what it missed (``members.catchup_entries``:
+whole state; the member computes what it missed (``members_state.catchup_entries``:
 acknowledgements the left has and it has not, publications the left has
 beyond its own) and handles that as an activity from the left.
 
@@ -77,8 +77,10 @@ the member.
 
 Layout
 ------
-``view`` and ``members`` are pure functions over plain values; ``messages``
-are the attrs values members exchange; ``io`` is the one seam through which
-a member sends, monitors and transacts; ``member`` is the actor that drives
-it all and calls the user's callbacks.
+``view`` and ``members_state`` are pure functions over plain values;
+``messages`` are the attrs values members exchange; ``core`` is the
+protocol of one member as a state machine with no I/O (events in, effects
+out: every rule is there); ``member`` is the actor that drives a core: it
+performs the effects (sends, monitors, store operations, callbacks) and
+feeds their answers back.
 """

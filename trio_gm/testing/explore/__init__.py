@@ -108,7 +108,7 @@ regression test (``test_<scenario>_is_fixed``).
     the copied value (gm takes the left's ``last_ack`` as it is), and the
     acknowledgements lost with the dead member never came round again: the
     alias was never erased, and every member had ``has_pending`` for ever.
-    Fixed in :func:`trio_gm.ring.members.catchup_entries`: for a publisher
+    Fixed in :func:`trio_gm.ring.members_state.catchup_entries`: for a publisher
     the member speaks for, ``last_ack`` becomes the largest of its own, the
     left's, and what the left has retired (``pending_first - 1``, or
     ``last_pub`` with nothing pending) capped at its own ``last_pub``; it
@@ -139,7 +139,7 @@ regression test (``test_<scenario>_is_fixed``).
 
 Two more ring changes came with the fixes: an activity entry for a
 publisher the view no longer knows (erased) is dropped rather than passed
-on (:func:`~trio_gm.ring.members.calculate_activity`; otherwise a stale
+on (:func:`~trio_gm.ring.members_state.calculate_activity`; otherwise a stale
 acknowledgement loops round the ring for ever), and a member delivers an
 activity's publications before it erases aliases (an erasure could report
 a publisher of the batch dead before its messages were delivered).

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from ..._ids import MemberId
-from ...ring.members import has_pending
+from ...ring.members_state import has_pending
 from ...ring.messages import Activity, Catchup
 from ...ring.view import group_to_view
 

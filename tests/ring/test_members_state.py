@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trio_gm._ids import MemberId
-from trio_gm.ring.members import (
+from trio_gm.ring.members_state import (
     MembersState,
     PublisherState,
     build_members_state,
