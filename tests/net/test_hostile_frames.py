@@ -906,14 +906,15 @@ async def test_an_exception_handling_a_frame_closes_only_that_connection(
 ) -> None:
     """The safety net around a frame after the handshake."""
     async with cluster(sqlite_store, events, caplog) as c:
-        real_post = c.node.actors.post
+        real_deliver = c.node.actors.deliver
 
-        def post(to: trio_gm.ActorId, envelope: Any) -> bool:
+        def deliver(to: trio_gm.ActorId, envelope: Any) -> bool:
             if envelope[1] == "boom":
                 raise RuntimeError("injected")
-            return real_post(to, envelope)
+            return real_deliver(to, envelope)
 
-        monkeypatch.setattr(c.node.actors, "post", post)
+        # (The transport hands a Send to ActorNode.deliver.)
+        monkeypatch.setattr(c.node.actors, "deliver", deliver)
         before = c.stats()
         peer = await RawPeer.connect(c.node)
         await peer.authenticate()

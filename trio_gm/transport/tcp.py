@@ -132,7 +132,7 @@ import trio
 
 from .._ids import ActorId
 from ..actor import ActorNode, Down, From, MonitorRef
-from ..actor._node import CALL, CAST, INFO, NODE_WATCHER, Envelope
+from ..actor._node import CAST, INFO, NODE_WATCHER, Envelope
 from .codec import Codec, CodecError
 from .frames import (
     Call,
@@ -990,10 +990,7 @@ class Transport:
         calls, peer.calls = peer.calls, {}
         self.actors.fail_callers(set(calls), "noconnection")
         # (a call's guard monitor goes with it)
-        for cell in list(self.actors._cells.values()):
-            for ref, watcher in list(cell.watchers.items()):
-                if watcher.node == peer.name:
-                    del cell.watchers[ref]
+        self.actors.remove_watchers_on(peer.name)
         if reason:
             log.info("%s: node %s is down (%s)", self.name, peer.name, reason)
 
@@ -1107,15 +1104,13 @@ class Transport:
                 to = frame.to
                 if to.node != here:
                     raise ConnectionLost(f"a Send for {to}, not an actor of this node")
-                actors.post(to, (INFO if frame.info else CAST, frame.msg, None))
+                actors.deliver(to, (INFO if frame.info else CAST, frame.msg, None))
             elif cls is Heartbeat:
                 pass
             elif cls is Call:
                 if frame.to.node != here:
                     raise ConnectionLost(f"a Call to {frame.to}, not an actor of this node")
-                cell = actors.cell(frame.to)
-                if cell is not None and not cell.mailbox.closed:
-                    cell.mailbox.send_nowait((CALL, frame.request, From(node, frame.tag)))
+                actors.deliver_call(frame.to, frame.request, From(node, frame.tag))
             elif cls is CallReply:
                 actors.reply(From(here, frame.tag), frame.value)
             elif cls is Monitor:
@@ -1126,11 +1121,8 @@ class Transport:
                         "the target must be of this node, the watcher and ref of the sender"
                     )
                 self._peer(node).seen.add(watcher)
-                cell = actors.cell(target)
-                if cell is None or cell.stopping:
+                if not actors.add_watcher(target, ref, watcher):
                     self._send(node, DownFrame(ref, watcher, target, "noproc"))
-                else:
-                    cell.watchers[ref] = watcher
             elif cls is Demonitor:
                 if frame.target.node != here or frame.ref.node != node:
                     raise ConnectionLost(
@@ -1138,9 +1130,7 @@ class Transport:
                         f"{frame.ref.serial}): the target must be of this node, the ref "
                         "of the sender"
                     )
-                cell = actors.cell(frame.target)
-                if cell is not None:
-                    cell.watchers.pop(frame.ref, None)
+                actors.remove_watcher(frame.target, frame.ref)
             elif cls is DownFrame:
                 if (
                     frame.watcher.node != here
