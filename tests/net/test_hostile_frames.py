@@ -34,7 +34,7 @@ from tests.net.echo import Echo
 from tests.net.rawpeer import raw_internal
 from trio_gm.actor import Down, MonitorRef
 from trio_gm.store import Group, GroupMember
-from trio_gm.transport import tcp
+from trio_gm.transport import handshake, tcp
 from trio_gm.transport.codec import Codec, CodecError
 from trio_gm.transport.frames import (
     Call,
@@ -885,7 +885,7 @@ async def test_an_exception_in_a_handshake_closes_only_that_connection(
         raise RuntimeError("injected")
 
     async with cluster(sqlite_store, events, caplog) as c:
-        monkeypatch.setattr(tcp, "_name_problem", broken)
+        monkeypatch.setattr(handshake, "_name_problem", broken)
         before = c.stats()
         peer = await RawPeer.connect(c.node)
         await peer.send_value(Hello(fake_name(), NONCE))
@@ -906,14 +906,15 @@ async def test_an_exception_handling_a_frame_closes_only_that_connection(
 ) -> None:
     """The safety net around a frame after the handshake."""
     async with cluster(sqlite_store, events, caplog) as c:
-        real_post = c.node.actors.post
+        real_deliver = c.node.actors.deliver
 
-        def post(to: trio_gm.ActorId, envelope: Any) -> bool:
+        def deliver(to: trio_gm.ActorId, envelope: Any) -> bool:
             if envelope[1] == "boom":
                 raise RuntimeError("injected")
-            return real_post(to, envelope)
+            return real_deliver(to, envelope)
 
-        monkeypatch.setattr(c.node.actors, "post", post)
+        # (The transport hands a Send to ActorNode.deliver.)
+        monkeypatch.setattr(c.node.actors, "deliver", deliver)
         before = c.stats()
         peer = await RawPeer.connect(c.node)
         await peer.authenticate()

@@ -227,6 +227,77 @@ class ActorNode:
                 waiter.done = True
                 waiter.event.set()
 
+    # -- for a transport: what arrives from other nodes --------------------
+    #
+    # A transport calls these (and ``post``, ``reply``, ``fail_callers``,
+    # ``new_monitor_ref``) for the frames it receives; it never touches an
+    # actor's cell.
+
+    def deliver(self, to: ActorId, envelope: Envelope) -> bool:
+        """Put ``envelope`` (a cast or an info) in the mailbox of the local actor ``to``.
+
+        Return whether an actor took it. Unlike :meth:`post` it never routes
+        to another node: a message that arrived from one is for this node's
+        actors only. A message to an actor that is gone is dropped (and
+        counted), as ``post`` drops it.
+        """
+        cell = self._cells.get(to)
+        if cell is not None and not cell.mailbox.closed:
+            cell.mailbox.send_nowait(envelope)
+            return True
+        self._dropped += 1
+        return False
+
+    def deliver_call(self, to: ActorId, request: Any, from_: From) -> bool:
+        """Put a call from another node (``from_`` names the caller's node) in ``to``'s mailbox.
+
+        Return whether an actor took it. The caller is not one of the
+        actor's callers here: its own node guards the call with a monitor,
+        whose ``Down`` fails the call if the actor stops first (or is gone:
+        then nothing is delivered, nor counted as dropped, and the monitor
+        says ``"noproc"``).
+        """
+        cell = self._cells.get(to)
+        if cell is not None and not cell.mailbox.closed:
+            cell.mailbox.send_nowait((CALL, request, from_))
+            return True
+        return False
+
+    def add_watcher(self, target: ActorId, ref: MonitorRef, watcher: ActorId) -> bool:
+        """Record that ``watcher`` monitors the local actor ``target`` under ``ref``.
+
+        ``watcher`` may be of another node: the ``Down`` is posted to it,
+        so through the transport. Return ``False``, recording nothing, if
+        ``target`` is not alive or already stopping; the caller then owes
+        the watcher a ``Down`` with reason ``"noproc"``.
+        """
+        cell = self._cells.get(target)
+        if cell is None or cell.stopping:
+            return False
+        cell.watchers[ref] = watcher
+        return True
+
+    def remove_watcher(self, target: ActorId, ref: MonitorRef) -> None:
+        """Forget the monitor ``ref`` on the local actor ``target``, if there is one."""
+        cell = self._cells.get(target)
+        if cell is not None:
+            cell.watchers.pop(ref, None)
+
+    def remove_watchers_on(self, node: str) -> int:
+        """Forget every monitor on a local actor held by an actor of ``node``.
+
+        For a nodedown: no ``Down`` is posted to them. Return how many
+        were forgotten.
+        """
+        removed = 0
+        for cell in self._cells.values():
+            watchers = cell.watchers
+            gone = [ref for ref, watcher in watchers.items() if watcher.node == node]
+            for ref in gone:
+                del watchers[ref]
+            removed += len(gone)
+        return removed
+
     # -- monitors ---------------------------------------------------------
 
     def monitor(self, watcher: ActorId, target: ActorId) -> MonitorRef:
@@ -239,20 +310,15 @@ class ActorNode:
         if target.node != self.name and self.remote is not None:
             self.remote.monitor(watcher, target, ref)
             return ref
-        cell = self._cells.get(target)
-        if cell is None or cell.stopping:
+        if not self.add_watcher(target, ref, watcher):
             self.post(watcher, (INFO, Down(ref, target, "noproc"), None))
-        else:
-            cell.watchers[ref] = watcher
         return ref
 
     def demonitor(self, ref: MonitorRef, target: ActorId) -> None:
         if target.node != self.name and self.remote is not None:
             self.remote.demonitor(ref, target)
             return
-        cell = self._cells.get(target)
-        if cell is not None:
-            cell.watchers.pop(ref, None)
+        self.remove_watcher(target, ref)
 
     # -- lifetimes --------------------------------------------------------
 

@@ -116,68 +116,58 @@ What a peer can make this node hold, and for how long:
 from __future__ import annotations
 
 import errno
-import hashlib
-import hmac
 import logging
 import os
-import secrets
 import ssl
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import attrs
 import trio
 
 from .._ids import ActorId
 from ..actor import ActorNode, Down, From, MonitorRef
-from ..actor._node import CALL, CAST, INFO, NODE_WATCHER, Envelope
+from ..actor._node import CAST, INFO, NODE_WATCHER, Envelope
 from .codec import Codec, CodecError
+
+# (Several of these are here for tests and tools that build raw frames.)
+from .frames import _BEAT_RECORD as _BEAT_RECORD
+from .frames import _HEADER as _HEADER
+from .frames import _LENGTH as _LENGTH
+from .frames import BEAT as BEAT
+from .frames import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
+from .frames import LAST as LAST
+from .frames import MAX_HANDSHAKE_FRAME as MAX_HANDSHAKE_FRAME
+from .frames import MORE as MORE
+from .frames import WHOLE as WHOLE
 from .frames import (
     Call,
     CallReply,
-    Challenge,
     Demonitor,
     DownFrame,
+    FrameDecoder,
+    FrameError,
     Heartbeat,
-    Hello,
     Monitor,
-    Reject,
-    Response,
     Send,
-    Welcome,
 )
+from .handshake import MAX_NAME_LENGTH as MAX_NAME_LENGTH
+from .handshake import NONCE_SIZE as NONCE_SIZE
+from .handshake import PROOF_SIZE as PROOF_SIZE
+from .handshake import Handshake, HandshakeFailed, Phase
+from .handshake import _proof as _proof
+from .handshake import split_address as split_address
 
 log = logging.getLogger("trio_gm.transport")
-
-_T = TypeVar("_T")
-
-#: The length prefix of a handshake frame (and of each part of a proof).
-_LENGTH: Final = struct.Struct(">I")
-#: The header of a record after the handshake: kind, body length.
-_HEADER: Final = struct.Struct(">BI")
-WHOLE: Final = 0
-MORE: Final = 1
-LAST: Final = 2
-BEAT: Final = 3
-_BEAT_RECORD: Final = _HEADER.pack(BEAT, 0)
 #: Frames above this go in chunks of this, with heartbeats free to pass
 #: between them; it also caps what one ``send_all`` carries. 256 KiB: a
 #: chunk costs one system call per 256 KiB (nothing, beside the copy) and
 #: holds a heartbeat back by well under a millisecond on a LAN.
 CHUNK_SIZE: Final = 256 * 1024
-DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
 DEFAULT_HEARTBEAT: Final = 5.0
 HANDSHAKE_TIMEOUT: Final = 5.0
 CONNECT_TIMEOUT: Final = 5.0
-#: A handshake frame longer than this is refused on its length prefix.
-MAX_HANDSHAKE_FRAME: Final = 4096
-#: The size of each side's handshake nonce and of a proof (HMAC-SHA256).
-NONCE_SIZE: Final = 16
-PROOF_SIZE: Final = hashlib.sha256().digest_size
-#: The longest node name a peer may give in its Hello.
-MAX_NAME_LENGTH: Final = 255
 #: Accepted connections that may be in their handshake at once.
 DEFAULT_MAX_HANDSHAKES: Final = 256
 #: ``max_send_queue`` is this many frame budgets unless given (and at least
@@ -241,23 +231,6 @@ class TransportStatistics:
     send_queue_bytes: int = 0
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` (or a node name ``"host:port#…"``) to ``(host, port)``."""
-    hostport = address.split("#", 1)[0]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected an address 'host:port' with a port 0-65535, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
-def _proof(cookie: bytes, role: bytes, *parts: bytes | str) -> bytes:
-    mac = hmac.new(cookie, role, hashlib.sha256)
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        mac.update(_LENGTH.pack(len(data)) + data)
-    return mac.digest()
-
-
 #: How a handshake with a bad, slow or vanishing peer ends; anything else is
 #: unexpected and logged with its traceback.
 _HANDSHAKE_FAILURES: Final = (
@@ -281,23 +254,6 @@ def peer_address(stream: trio.abc.Stream) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address)
-
-
-def _name_problem(name: str, own: str) -> str | None:
-    """What is wrong with ``name`` as the node name a dialer gives, if anything."""
-    if not name:
-        return "an empty node name"
-    if len(name) > MAX_NAME_LENGTH:
-        return f"a node name of {len(name)} characters (at most {MAX_NAME_LENGTH})"
-    if not name.isprintable():
-        return f"the node name {name!r}, which has unprintable characters"
-    try:
-        split_address(name)
-    except ValueError:
-        return f"the node name {name!r}, not 'host:port#incarnation'"
-    if name == own:
-        return "this node's own name"
-    return None
 
 
 def wire_frame(data: bytes, *, chunk_size: int = CHUNK_SIZE) -> bytes:
@@ -530,68 +486,34 @@ class _Connection:
 
     async def _reader(self) -> None:
         transport = self.transport
-        codec = transport.codec
-        unpack = _HEADER.unpack_from
-        buffer = bytearray(self.received)
+        decode = transport.codec.decode
+        decoder = FrameDecoder(transport.max_frame_size)
+        decoder.feed(self.received)
         self.received = b""
-        #: The chunks so far of a large frame, and their total size.
-        chunks: list[bytes] = []
-        chunked = 0
+        next_frame = decoder.next_frame
+        feed = decoder.feed
         while True:
-            limit = transport.max_frame_size
-            pos, end = 0, len(buffer)
-            with memoryview(buffer) as view:
-                while end - pos >= 5:
-                    kind, length = unpack(buffer, pos)
-                    if kind == WHOLE:
-                        if chunks:
-                            raise self._refuse("a whole frame between the chunks of another")
-                        if length > limit:
-                            raise self._refuse(
-                                f"a frame of {length} bytes, above the limit of {limit} bytes,"
-                            )
-                    elif kind in (MORE, LAST):
-                        if chunked + length > limit:
-                            # Refused on its header: a hostile peer cannot
-                            # make us hold more than the limit.
-                            raise self._refuse(
-                                f"a chunked frame of over {chunked + length} bytes, above "
-                                f"the limit of {limit} bytes,"
-                            )
-                    elif kind == BEAT:
-                        if length:
-                            raise self._refuse(f"a heartbeat with a body of {length} bytes")
-                        pos += 5
-                        continue
-                    else:
-                        raise self._refuse(f"a record of unknown kind {kind}")
-                    start = pos + 5
-                    if end - start < length:
-                        break
-                    pos = start + length
-                    body = bytes(view[start:pos])
-                    if kind != WHOLE:
-                        chunks.append(body)
-                        chunked += length
-                        if kind == MORE:
-                            continue
-                        body = b"".join(chunks)
-                        chunks, chunked = [], 0
-                    transport._frames_in += 1
-                    try:
-                        value = codec.decode(body)
-                    except CodecError as exc:
-                        raise self._refuse(f"bad frame ({exc})") from exc
-                    transport._dispatch(self.peer, value)
-                    if self.closed:  # aborted meanwhile: nothing more from it
-                        return
-            if pos:
-                del buffer[:pos]
-            data = await self._receive_or_silence()
-            if not data:
-                raise ConnectionLost(f"{self.peer} closed the connection")
-            transport._bytes_in += len(data)
-            buffer += data
+            try:
+                body = next_frame()
+            except FrameError as exc:
+                # An oversized frame is refused on its header: a hostile
+                # peer cannot make us hold more than the limit.
+                raise self._refuse(f"{exc}," if exc.oversize else str(exc)) from None
+            if body is None:
+                data = await self._receive_or_silence()
+                if not data:
+                    raise ConnectionLost(f"{self.peer} closed the connection")
+                transport._bytes_in += len(data)
+                feed(data)
+                continue
+            transport._frames_in += 1
+            try:
+                value = decode(body)
+            except CodecError as exc:
+                raise self._refuse(f"bad frame ({exc})") from exc
+            transport._dispatch(self.peer, value)
+            if self.closed:  # aborted meanwhile: nothing more from it
+                return
 
 
 @attrs.define(eq=False)
@@ -754,42 +676,31 @@ class Transport:
 
     # -- handshake ------------------------------------------------------------
 
-    async def _read_frame(
-        self, stream: trio.abc.Stream, buffer: bytearray, *expected: type[_T]
-    ) -> _T:
-        """Read one handshake frame, which must be of one of the ``expected`` classes.
+    async def _shake(self, stream: trio.abc.Stream, handshake: Handshake) -> None:
+        """Drive ``handshake`` over ``stream`` until no frame from the peer is due.
 
-        Raises ``ConnectionLost`` (counting a malformed frame) for a frame
-        that is too long, does not decode or validate, or is of another class.
+        Raises ``ConnectionLost`` for a peer that fails it (counting a
+        malformed frame if a frame was at fault) or closes the connection.
+        The caller bounds the time it takes.
         """
-        while True:
-            if len(buffer) >= 4:
-                (length,) = _LENGTH.unpack_from(buffer)
-                if length > MAX_HANDSHAKE_FRAME:
-                    raise self._malformed(
-                        f"a handshake frame of {length} bytes (at most {MAX_HANDSHAKE_FRAME})"
-                    )
-                if len(buffer) >= 4 + length:
-                    frame = bytes(buffer[4 : 4 + length])
-                    del buffer[: 4 + length]
-                    try:
-                        value = self.codec.decode(frame)
-                    except CodecError as exc:
-                        raise self._malformed(f"a bad handshake frame ({exc})") from exc
-                    if type(value) not in expected:
-                        names = " or ".join(cls.__name__ for cls in expected)
-                        raise self._malformed(f"expected {names}, got {type(value).__name__}")
-                    result: _T = value
-                    return result
-            data = await stream.receive_some(MAX_HANDSHAKE_FRAME)
-            if not data:
-                raise ConnectionLost("closed during the handshake")
-            buffer += data
-
-    def _malformed(self, what: str) -> ConnectionLost:
-        """Count a malformed frame; the exception that ends its connection."""
-        self._malformed_frames += 1
-        return ConnectionLost(what)
+        try:
+            data = handshake.data_to_send()
+            if data:
+                await stream.send_all(data)
+            while handshake.expecting:
+                if not handshake.step():
+                    received = await stream.receive_some(MAX_HANDSHAKE_FRAME)
+                    if not received:
+                        raise ConnectionLost("closed during the handshake")
+                    handshake.receive_data(received)
+                    continue
+                data = handshake.data_to_send()
+                if data:
+                    await stream.send_all(data)
+        except HandshakeFailed as exc:
+            if exc.malformed:
+                self._malformed_frames += 1
+            raise ConnectionLost(str(exc)) from None
 
     def _handshake_failed(self, what: str, exc: Exception) -> None:
         """Count and log (once, at WARNING) a handshake that failed with ``exc``."""
@@ -800,10 +711,6 @@ class Transport:
             log.warning("%s: %s", what, exc or type(exc).__name__)
         else:
             log.warning("%s: unexpected %s: %s", what, type(exc).__name__, exc, exc_info=exc)
-
-    async def _send_frame(self, stream: trio.abc.Stream, value: Any) -> None:
-        frame = self.codec.encode(value)
-        await stream.send_all(_LENGTH.pack(len(frame)) + frame)
 
     async def _accepted(self, raw: trio.SocketStream) -> None:
         address = peer_address(raw)
@@ -823,43 +730,27 @@ class Transport:
 
     async def _accept_handshake(self, stream: trio.abc.Stream) -> bool:
         """Authenticate a dialer; return whether its connection was adopted."""
+        handshake = Handshake.acceptor(self.codec, name=self.name, cookie=self.cookie)
         with trio.fail_after(self.handshake_timeout):
-            buffer = bytearray()
-            hello = await self._read_frame(stream, buffer, Hello)
-            if len(hello.nonce) != NONCE_SIZE:
-                raise self._malformed(
-                    f"a Hello with a nonce of {len(hello.nonce)} bytes, not {NONCE_SIZE}"
-                )
-            problem = _name_problem(hello.name, self.name)
-            if problem is not None:
-                raise self._malformed(f"a Hello with {problem}")
-            nonce = secrets.token_bytes(NONCE_SIZE)
-            proof = _proof(self.cookie, b"acceptor", hello.nonce, nonce, hello.name, self.name)
-            await self._send_frame(stream, Challenge(self.name, nonce, proof))
-            response = await self._read_frame(stream, buffer, Response)
-            if len(response.proof) != PROOF_SIZE:
-                raise self._malformed(
-                    f"a Response with a proof of {len(response.proof)} bytes, not {PROOF_SIZE}"
-                )
-            expected = _proof(self.cookie, b"dialer", nonce, hello.nonce, hello.name, self.name)
-            if not hmac.compare_digest(response.proof, expected):
-                raise ConnectionLost(f"{hello.name!r} does not know the cookie")
-            peer = self._peer(hello.name)
+            await self._shake(stream, handshake)
+            assert handshake.phase is Phase.AUTHENTICATED
+            assert handshake.peer is not None
+            peer = self._peer(handshake.peer)
             live = peer.conn is not None and not peer.conn.closed
-            if self.name < hello.name and (peer.dialing or live):
+            if self.name < peer.name and (peer.dialing or live):
                 # One connection per pair: the one dialed by the smaller name
                 # wins. A larger peer's dial is refused while ours is under
                 # way or up (if the peer lost ours, it retries until our
                 # heartbeat check notices).
-                await self._send_frame(
-                    stream, Reject("the connection dialed by the smaller name wins")
-                )
+                handshake.reject("the connection dialed by the smaller name wins")
+                await stream.send_all(handshake.data_to_send())
                 return False
         # Adopt at once, Welcome first in the new connection's output: with
         # an await between the check above and the adoption, this node could
         # start a dial of its own meanwhile, and the peer would take that
         # second connection for a reconnect and declare this node down.
-        self._adopt(peer, stream, buffer, first=self.codec.encode(Welcome()))
+        handshake.accept()
+        self._adopt(peer, stream, handshake.take_unparsed(), preamble=handshake.data_to_send())
         return True
 
     async def _dial(self, peer: _Peer) -> None:
@@ -908,30 +799,15 @@ class Transport:
         adopted = False
         try:
             stream = self._wrap(raw, server_side=False, host=host)
+            handshake = Handshake.dialer(
+                self.codec, name=self.name, cookie=self.cookie, peer=peer.name
+            )
             with trio.fail_after(self.handshake_timeout):
-                nonce = secrets.token_bytes(NONCE_SIZE)
-                await self._send_frame(stream, Hello(self.name, nonce))
-                buffer = bytearray()
-                challenge = await self._read_frame(stream, buffer, Challenge)
-                if len(challenge.nonce) != NONCE_SIZE or len(challenge.proof) != PROOF_SIZE:
-                    raise self._malformed(
-                        f"a Challenge with a nonce of {len(challenge.nonce)} bytes and a "
-                        f"proof of {len(challenge.proof)} (not {NONCE_SIZE} and {PROOF_SIZE})"
-                    )
-                if challenge.name != peer.name:
-                    raise ConnectionLost(f"dialed {peer.name} but {challenge.name!r} answered")
-                expected = _proof(
-                    self.cookie, b"acceptor", nonce, challenge.nonce, self.name, peer.name
-                )
-                if not hmac.compare_digest(challenge.proof, expected):
-                    raise ConnectionLost(f"{peer.name} does not know the cookie")
-                proof = _proof(self.cookie, b"dialer", challenge.nonce, nonce, self.name, peer.name)
-                await self._send_frame(stream, Response(proof))
-                verdict: Welcome | Reject = await self._read_frame(stream, buffer, Welcome, Reject)
-            if type(verdict) is Reject:
+                await self._shake(stream, handshake)
+            if handshake.phase is Phase.REJECTED:
                 return "rejected"
             peer.dialing = False
-            self._adopt(peer, stream, buffer)
+            self._adopt(peer, stream, handshake.take_unparsed())
             adopted = True
             return "adopted"
         except Exception as exc:
@@ -947,8 +823,14 @@ class Transport:
                     await stream.aclose()
 
     def _adopt(
-        self, peer: _Peer, stream: trio.abc.Stream, leftover: bytearray, first: bytes = b""
+        self, peer: _Peer, stream: trio.abc.Stream, received: bytes, preamble: bytes = b""
     ) -> None:
+        """Make ``stream``, through its handshake, ``peer``'s connection.
+
+        ``received`` is what arrived after the last handshake frame (the
+        first records); ``preamble`` goes out before any record (the
+        acceptor's Welcome).
+        """
         old = peer.conn
         if old is not None:
             # The peer dialed again: it lost the old connection. (One that
@@ -958,9 +840,7 @@ class Transport:
         if peer.ever_connected:
             self._reconnects += 1
         peer.ever_connected = True
-        # ``first`` (the Welcome) is the last frame in handshake framing.
-        preamble = _LENGTH.pack(len(first)) + first if first else b""
-        conn = _Connection(self, stream, peer.name, bytes(leftover), preamble)
+        conn = _Connection(self, stream, peer.name, received, preamble)
         peer.conn = conn
         for frame in peer.pending:
             conn.write(frame)
@@ -990,10 +870,7 @@ class Transport:
         calls, peer.calls = peer.calls, {}
         self.actors.fail_callers(set(calls), "noconnection")
         # (a call's guard monitor goes with it)
-        for cell in list(self.actors._cells.values()):
-            for ref, watcher in list(cell.watchers.items()):
-                if watcher.node == peer.name:
-                    del cell.watchers[ref]
+        self.actors.remove_watchers_on(peer.name)
         if reason:
             log.info("%s: node %s is down (%s)", self.name, peer.name, reason)
 
@@ -1107,15 +984,13 @@ class Transport:
                 to = frame.to
                 if to.node != here:
                     raise ConnectionLost(f"a Send for {to}, not an actor of this node")
-                actors.post(to, (INFO if frame.info else CAST, frame.msg, None))
+                actors.deliver(to, (INFO if frame.info else CAST, frame.msg, None))
             elif cls is Heartbeat:
                 pass
             elif cls is Call:
                 if frame.to.node != here:
                     raise ConnectionLost(f"a Call to {frame.to}, not an actor of this node")
-                cell = actors.cell(frame.to)
-                if cell is not None and not cell.mailbox.closed:
-                    cell.mailbox.send_nowait((CALL, frame.request, From(node, frame.tag)))
+                actors.deliver_call(frame.to, frame.request, From(node, frame.tag))
             elif cls is CallReply:
                 actors.reply(From(here, frame.tag), frame.value)
             elif cls is Monitor:
@@ -1126,11 +1001,8 @@ class Transport:
                         "the target must be of this node, the watcher and ref of the sender"
                     )
                 self._peer(node).seen.add(watcher)
-                cell = actors.cell(target)
-                if cell is None or cell.stopping:
+                if not actors.add_watcher(target, ref, watcher):
                     self._send(node, DownFrame(ref, watcher, target, "noproc"))
-                else:
-                    cell.watchers[ref] = watcher
             elif cls is Demonitor:
                 if frame.target.node != here or frame.ref.node != node:
                     raise ConnectionLost(
@@ -1138,9 +1010,7 @@ class Transport:
                         f"{frame.ref.serial}): the target must be of this node, the ref "
                         "of the sender"
                     )
-                cell = actors.cell(frame.target)
-                if cell is not None:
-                    cell.watchers.pop(frame.ref, None)
+                actors.remove_watcher(frame.target, frame.ref)
             elif cls is DownFrame:
                 if (
                     frame.watcher.node != here
