@@ -499,6 +499,7 @@ class RingCore:
         max_batch_bytes: int | None = None,
         strict: bool = False,
         rng: random.Random | None = None,
+        membership_check_interval: float | None = None,
     ) -> None:
         self.self_id = self_id
         self.group_name = group_name
@@ -508,6 +509,12 @@ class RingCore:
         #: (``trio_gm._packed``).
         self.max_batch_bytes = max_batch_bytes
         self.strict = strict
+        #: At most this often an activity starts a membership check.
+        self.membership_check_interval = (
+            MEMBERSHIP_CHECK_INTERVAL
+            if membership_check_interval is None
+            else membership_check_interval
+        )
         self._rng = rng if rng is not None else random.Random()
         self.phase = Phase.JOINING
         self.view: View = View(version=-1, members={})
@@ -776,7 +783,7 @@ class RingCore:
             # Acted on by the CheckStop the driver posts once it runs.
             self.shutting_down = joined.stop.reason
             self.phase = Phase.SHUTTING_DOWN
-        self.membership_check_due = self.now + MEMBERSHIP_CHECK_INTERVAL
+        self.membership_check_due = self.now + self.membership_check_interval
 
     def _become_ready(self, members_state: MembersState) -> None:
         self.members_state = members_state
@@ -1003,7 +1010,7 @@ class RingCore:
 
     def _on_membership_checked(self, checked: MembershipChecked) -> None:
         self.checking_membership = False
-        self.membership_check_due = self.now + MEMBERSHIP_CHECK_INTERVAL
+        self.membership_check_due = self.now + self.membership_check_interval
         outcome = checked.outcome
         if isinstance(outcome, StoreUnavailable):
             log.info("member %s of group %r stops: %s", self.self_id, self.group_name, outcome)

@@ -177,16 +177,15 @@ failing schedule, its trace, a state dump at the first violation and a
 
 from __future__ import annotations
 
+from ._bugs import BUGS
 from ._driver import DEFAULT_SCHEDULES, ExploreResult, explore, main
 from ._harness import STEP_MAX, Harness, ScheduleReport, run_schedule
-from ._member import BUGS, ExplorerMember
 
 __all__ = [
     "BUGS",
     "DEFAULT_SCHEDULES",
     "STEP_MAX",
     "ExploreResult",
-    "ExplorerMember",
     "Harness",
     "ScheduleReport",
     "explore",

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from ..._ids import MemberId
+from ...ring.core import Phase
 from ...ring.members_state import has_pending
 from ...ring.messages import Activity, Catchup
 from ...ring.view import group_to_view
@@ -23,6 +24,9 @@ ACK: Final = "acknowledgement"
 
 def check_step(h: Harness) -> None:
     """Invariants that hold between any two steps."""
+    h.transit_cache = {}
+    h.covered_cache = {}
+    h.path_cache = {}
     _views_move_forward(h)
     _inherited_once(h)
     _well_formed(h)
@@ -30,9 +34,9 @@ def check_step(h: Harness) -> None:
 
 def _views_move_forward(h: Harness) -> None:
     for slot in h.slots:
-        if not h.running(slot) or not hasattr(slot.actor, "view"):
+        if not h.running(slot) or slot.core.phase is Phase.JOINING:
             continue
-        version = slot.actor.view.version
+        version = slot.core.view.version
         if version < slot.last_version:
             h.violation(f"{slot.label}'s view went back from v{slot.last_version} to v{version}")
         slot.last_version = version
@@ -44,19 +48,26 @@ def _inherited_once(h: Harness) -> None:
     group = h.group
     if group is None or not group.alive:
         return
-    stored = group_to_view(group)
+    if group is not h.heirs_checked:
+        # (A property of the stored ring alone: checked once per version.)
+        h.heirs_checked = group
+        stored = group_to_view(group)
+        for dead in group.dead:
+            heirs = [m for m in stored.alive if dead in stored[m].aliases]
+            if len(heirs) != 1:
+                h.violation(
+                    f"dead {h.name(dead)} is inherited by {len(heirs)} members in the store"
+                )
     for dead in group.dead:
-        heirs = [m for m in stored.alive if dead in stored[m].aliases]
-        if len(heirs) != 1:
-            h.violation(f"dead {h.name(dead)} is inherited by {len(heirs)} members in the store")
         believers = [
             slot.label
             for slot in h.slots
             if h.running(slot)
-            and hasattr(slot.actor, "view")
+            and group.is_alive(slot.id)  # (recorded dead, it stops once it finds out)
+            and slot.core.phase is not Phase.JOINING
             and slot.id is not None
-            and slot.id in slot.actor.view.members
-            and dead in slot.actor.view[slot.id].aliases
+            and slot.id in slot.core.view.members
+            and dead in slot.core.view[slot.id].aliases
         ]
         if len(believers) > 1:
             h.violation(
@@ -69,7 +80,7 @@ def _inherited_once(h: Harness) -> None:
 
 
 def _knows_pub(slot: Slot, publisher: MemberId, n: int) -> bool:
-    state = slot.actor.members_state
+    state = slot.core.members_state
     if state is None:
         return False
     ps = state.get(publisher)
@@ -77,7 +88,7 @@ def _knows_pub(slot: Slot, publisher: MemberId, n: int) -> bool:
 
 
 def _knows_ack(slot: Slot, publisher: MemberId, n: int) -> bool:
-    state = slot.actor.members_state
+    state = slot.core.members_state
     if state is None:
         return False
     ps = state.get(publisher)
@@ -118,32 +129,119 @@ def _between(ids: tuple[MemberId, ...], a: MemberId, b: MemberId) -> list[Member
 
 def _in_transit(h: Harness, prev: Slot, x: Slot, kind: str, publisher: MemberId, n: int) -> bool:
     """Whether ``kind`` of (publisher, n) will reach ``x`` from its upstream ``prev``."""
-    assert prev.id is not None
-    assert x.id is not None
-    assert h.group is not None
-    if prev.actor.right[0] != x.id:
-        # prev does not know x is its right yet: when it learns, it sends x
-        # a catch-up with its whole state, which holds what prev knows.
+    waiting = _waiting(h, prev, x)
+    if waiting is None:
         return True
-    senders = {prev.id, *_between(h.group.ids, prev.id, x.id)}
-    waiting: Iterable[Activity | Catchup] = [
-        *(m for m in x.inbox if m.sender in senders),
-        *(
-            item
-            for sender in sorted(senders)
-            for item in h.links.get((sender, x.id), ())
-            if type(item) is Activity or type(item) is Catchup
-        ),
-    ]
-    has_state = x.actor.members_state is not None
-    for msg in waiting:
-        if type(msg) is Catchup:
-            has_state = True
-        elif not has_state:
-            continue  # an activity before the first catch-up is dropped
-        if _carries(msg, kind, publisher, n):
-            return True
-    return False
+    return any(_carries(msg, kind, publisher, n) for msg in waiting)
+
+
+def _covered(
+    h: Harness, prev: Slot, x: Slot, kind: str, publisher: MemberId
+) -> list[tuple[int, int]]:
+    """The numbers whose ``kind`` the hop ``prev`` -> ``x`` carries, as sorted,
+    merged intervals (all of them when it owes nothing): :func:`_carries` for
+    every n at once. Computed once per hop, kind and publisher and check.
+    """
+    key = (prev.index, x.index, kind, publisher)
+    cache = h.covered_cache
+    found = cache.get(key)
+    if found is not None:
+        return found
+    waiting = _waiting(h, prev, x)
+    spans: list[tuple[int, int]] = []
+    if waiting is None:
+        spans.append((_NEVER, _ALWAYS))
+    else:
+        for msg in waiting:
+            if type(msg) is Activity:
+                for e in msg.entries:
+                    if e.publisher != publisher:
+                        continue
+                    if kind == PUB and e.pubs:
+                        spans.append((e.first, e.first + len(e.pubs) - 1))
+                    elif kind == ACK and e.acks:
+                        spans.append((_NEVER, e.ack_last))
+            elif type(msg) is Catchup:
+                for member, snap in msg.state:
+                    if member != publisher:
+                        continue
+                    pending_lo = snap.pending_first
+                    pending_hi = snap.pending_first + len(snap.pending) - 1
+                    if kind == PUB:
+                        if pending_lo <= pending_hi:
+                            spans.append((pending_lo, pending_hi))
+                    else:
+                        # Known (up to last_pub) and not pending.
+                        spans.append((_NEVER, min(snap.last_pub, pending_lo - 1)))
+                        if pending_hi < snap.last_pub:
+                            spans.append((pending_hi + 1, snap.last_pub))
+                    break
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1] + 1:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    cache[key] = merged
+    return merged
+
+
+def _first_uncovered(spans: list[tuple[int, int]], lo: int, hi: int) -> int | None:
+    """The first n in ``lo..hi`` outside ``spans`` (sorted, merged), or None."""
+    n = lo
+    for a, b in spans:
+        if b < n:
+            continue
+        if a > n:
+            return n
+        n = b + 1
+        if n > hi:
+            return None
+    return n if n <= hi else None
+
+
+def _waiting(h: Harness, prev: Slot, x: Slot) -> list[Activity | Catchup] | None:
+    """What waits for ``x`` from ``prev`` (or dead members between them) and counts.
+
+    None: the hop owes nothing of what it holds (see :func:`_in_transit`).
+    Computed once per pair and check.
+    """
+    key = (prev.index, x.index)
+    cache = h.transit_cache
+    if key in cache:
+        return cache[key]
+    result: list[Activity | Catchup] | None
+    assert h.group is not None
+    if (prev.id, x.id) in h.cut or prev.core.right[0] != x.id:
+        # A partition cut this hop: the DOWN it gave prev is on its way, and
+        # prev will record x dead (then send its new right a catch-up) or
+        # find itself recorded dead and stop. Nothing is owed over the cut.
+        # Or prev does not know x is its right yet: when it learns, it sends
+        # x a catch-up with its whole state, which holds what prev knows.
+        result = None
+    else:
+        senders = {prev.id, *_between(h.group.ids, prev.id, x.id)}
+        waiting: Iterable[Activity | Catchup] = [
+            *(m for m in x.waiting_ring_messages() if m.sender in senders),
+            *(
+                item
+                for sender in sorted(senders)
+                for item in h.links.get((sender, x.id), ())
+                if type(item) is Activity or type(item) is Catchup
+            ),
+        ]
+        has_state = x.core.members_state is not None
+        result = []
+        for msg in waiting:
+            if type(msg) is Catchup:
+                has_state = True
+            elif not has_state:
+                continue  # an activity before the first catch-up is not counted
+            result.append(msg)
+    cache[key] = result
+    return result
 
 
 def _heir(h: Harness, publisher: MemberId, running: dict[MemberId, Slot]) -> MemberId | None:
@@ -168,33 +266,119 @@ def _well_formed(h: Harness) -> None:
     group = h.group
     if group is None:
         return
-    running = {s.id: s for s in h.slots if s.id is not None and h.running(s)}
+    # A member recorded dead while it still runs (a partition) is out of the
+    # ring: it stops once it finds out, and nothing is owed to it.
+    running = {s.id: s for s in h.slots if h.running(s) and group.is_alive(s.id)}
     ring = [m for m in group.ids if m in running]
     if not ring:
         return
+    heirs: dict[MemberId, MemberId | None] = {}
     for m in ring:
         slot = running[m]
-        state = slot.actor.members_state
+        state = slot.core.members_state
         if state is None:
             continue
-        for publisher, ps in sorted(state.items()):
+        for publisher, ps in state.items():
             if not ps.pending:
                 continue
-            heir = _heir(h, publisher, running)
+            if publisher in heirs:
+                heir = heirs[publisher]
+            else:
+                heir = heirs[publisher] = _heir(h, publisher, running)
             if heir is None:
                 h.violation(
                     f"{slot.label} holds pending publications {ps.first}.."
                     f"{ps.pending_last} of {h.name(publisher)}, which is erased from the ring"
                 )
                 continue
-            for n in range(ps.first, ps.pending_last + 1):
+            n = _first_broken(h, ring, running, m, publisher, heir, ps.first, ps.pending_last)
+            if n is not None:
                 broken = _entry_in_flight(h, ring, running, m, publisher, heir, n)
-                if broken is not None:
-                    h.violation(
-                        f"{slot.label}'s pending publication {n} of {h.name(publisher)} "
-                        f"(spoken for by {h.name(heir)}): {broken}"
-                    )
-                    break
+                assert broken is not None
+                h.violation(
+                    f"{slot.label}'s pending publication {n} of {h.name(publisher)} "
+                    f"(spoken for by {h.name(heir)}): {broken}"
+                )
+
+
+_NEVER: Final = -(2**62)
+_ALWAYS: Final = 2**62
+
+
+def _last_known(slot: Slot, kind: str, publisher: MemberId) -> int:
+    """The largest n whose ``kind`` ``slot`` knows: it knows exactly those up to it.
+
+    (Both :func:`_knows_pub` and :func:`_knows_ack` hold for a prefix of n.)
+    """
+    state = slot.core.members_state
+    if state is None:
+        return _NEVER
+    ps = state.get(publisher)
+    if ps is None:
+        return _NEVER
+    return ps.last_pub if kind == PUB else min(ps.last_pub, ps.first - 1)
+
+
+def _path(ring: list[MemberId], start: MemberId, end: MemberId) -> list[MemberId]:
+    """The ring downstream from ``start`` to ``end`` (all of it if they are one)."""
+    i = ring.index(start)
+    path = []
+    k = (i + 1) % len(ring)
+    while True:
+        path.append(ring[k])
+        if ring[k] == end:
+            return path
+        k = (k + 1) % len(ring)
+
+
+def _first_broken(
+    h: Harness,
+    ring: list[MemberId],
+    running: dict[MemberId, Slot],
+    m: MemberId,
+    publisher: MemberId,
+    heir: MemberId,
+    lo: int,
+    hi: int,
+) -> int | None:
+    """The first n in ``lo..hi`` whose entry is not well formed (see :func:`_entry_in_flight`).
+
+    The same check for a whole run of pending numbers at once: what a member
+    knows is a prefix of the numbers, so on each hop the numbers owed (known
+    before it, not after) are one interval, and only those need looking for
+    in what travels.
+    """
+    heir_slot = running[heir]
+    heir_state = heir_slot.core.members_state
+    erasing = heir_state is not None and publisher not in heir_state
+    if heir == m:
+        converted_to = lo - 1
+    elif erasing:
+        converted_to = hi
+    else:
+        converted_to = _last_known(heir_slot, ACK, publisher)
+    first: int | None = None
+    for kind, a, b in ((ACK, lo, min(hi, converted_to)), (PUB, max(lo, converted_to + 1), hi)):
+        if a > b:
+            continue
+        start, end = (heir, m) if kind == ACK else (m, heir)
+        prev, prev_knows = running[start], _ALWAYS
+        path = h.path_cache.get((start, end))
+        if path is None:
+            path = h.path_cache[(start, end)] = _path(ring, start, end)
+        last = len(path) - 1
+        for i, member in enumerate(path):
+            x = running[member]
+            knows = _NEVER if i == last else _last_known(x, kind, publisher)
+            owed_lo, owed_hi = max(a, knows + 1), min(b, prev_knows)
+            if first is not None:
+                owed_hi = min(owed_hi, first - 1)
+            if owed_lo <= owed_hi:
+                n = _first_uncovered(_covered(h, prev, x, kind, publisher), owed_lo, owed_hi)
+                if n is not None:
+                    first = n
+            prev, prev_knows = x, knows
+    return first
 
 
 def _entry_in_flight(
@@ -208,7 +392,7 @@ def _entry_in_flight(
 ) -> str | None:
     """None if the entry is well formed, else what is wrong."""
     heir_slot = running[heir]
-    heir_state = heir_slot.actor.members_state
+    heir_state = heir_slot.core.members_state
     # An heir that dropped the publisher's state has seen everything of it
     # acknowledged (it is erasing it): from there, the ack is what travels.
     erasing = heir_state is not None and publisher not in heir_state
@@ -254,12 +438,12 @@ def check_end(h: Harness) -> None:
     survivors = [s for s in h.slots if h.running(s)]
     ids = {s.id for s in survivors}
     for slot in survivors:
-        actor = slot.actor
-        if actor.members_state is None:
+        core = slot.core
+        if core.members_state is None:
             h.violation(f"{slot.label} never got its first catch-up")
             continue
-        if has_pending(actor.members_state) or actor.buffer or actor.incoming:
-            unacked = {p: s for p, s in actor.members_state.items() if s.last_pub != s.last_ack}
+        if has_pending(core.members_state) or core.buffer or core.incoming:
+            unacked = {p: s for p, s in core.members_state.items() if s.last_pub != s.last_ack}
             pending = {
                 h.name(p): (s.first, s.pending_last, s.last_pub, s.last_ack)
                 for p, s in unacked.items()
@@ -268,13 +452,15 @@ def check_end(h: Harness) -> None:
                 f"{slot.label} still holds unacknowledged messages "
                 f"(first, pending last, last pub, last ack): {pending}"
             )
-        if group is not None and set(actor.view.alive) != set(group.alive):
+        if group is not None and set(core.view.alive) != set(group.alive):
             h.violation(
-                f"{slot.label}'s view v{actor.view.version} has alive "
-                f"{', '.join(map(h.name, actor.view.alive))}, the store's "
+                f"{slot.label}'s view v{core.view.version} has alive "
+                f"{', '.join(map(h.name, core.view.alive))}, the store's "
                 f"v{group.version} {', '.join(map(h.name, group.alive))}"
             )
-    if group is not None:
+    if group is not None and survivors:
+        # (With no survivor the stored ring is whatever the last one left:
+        # the next member to join prunes and recreates it.)
         if group.dead:
             h.violation(f"dead members never erased: {', '.join(map(h.name, group.dead))}")
         if set(group.alive) != ids:
@@ -299,7 +485,9 @@ def check_end(h: Harness) -> None:
             elif slot.leaving and not slot.killed and slot.terminated != "normal":
                 h.violation(f"{slot.label} left but handle_terminate got {slot.terminated!r}")
         elif not h.running(slot):
-            h.violation(f"{slot.label} stopped on its own ({slot.down_reason!r})")
+            if slot.partitioned and slot.stop_reason == "shutdown":
+                continue  # recorded dead by the other side of its partition
+            h.violation(f"{slot.label} stopped on its own ({slot.stop_reason!r})")
 
 
 def _order(h: Harness) -> None:

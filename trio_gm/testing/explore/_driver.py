@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import attrs
 
+from ._bugs import BUGS
 from ._harness import STEP_MAX, ScheduleReport, run_schedule
-from ._member import BUGS
 
 #: Longest schedule hypothesis draws (steps before the drain).
 MAX_STEPS = 60
@@ -117,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     parser.add_argument("--members", type=int, default=3, help="members at the start (default 3)")
-    parser.add_argument("--inject-bug", choices=sorted(BUGS), help="run a deliberately broken ring")
+    parser.add_argument(
+        "--inject-bug", choices=sorted(b for b in BUGS if b), help="run a deliberately broken ring"
+    )
     parser.add_argument("--list-bugs", action="store_true", help="list the injectable bugs")
     parser.add_argument(
         "--replay",
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-shrink", action="store_true", help="report failures unshrunk")
     args = parser.parse_args(argv)
     if args.list_bugs:
-        for name in sorted(BUGS):
+        for name in sorted(b for b in BUGS if b):
             print(name)
         return 0
     if args.schedules < 1:

@@ -1,28 +1,40 @@
-"""The harness: a group whose every message, DOWN and transaction waits for a step.
+"""The harness: ring cores whose every message, DOWN, store operation and timer waits for a step.
 
-Members are real :class:`~trio_gm.ring.member.MemberActor` instances on one
-:class:`~trio_gm.actor.ActorNode`, in one ``trio.run`` with a
-``MockClock`` that only moves when a step says so. Their
-:class:`~trio_gm.ring.io.RingIO` is :class:`HarnessIO`, which holds
-everything a member does to the world until the scheduler picks it:
+Each member is a :class:`~trio_gm.ring.core.RingCore` (strict mode) driven
+by this module in a plain loop, with no trio: the harness plays the part of
+the actor driver (:mod:`trio_gm.ring.member`) and of the world.
 
-* a ring message goes to the end of the link queue sender -> receiver;
-* the ``AddOnRight`` call of a join goes on the link joiner -> left like a
-  message; delivering it posts the call to the left, whose reply (or the
-  failure, if the left is or becomes dead) goes back on the link left ->
-  joiner, behind the catch-up the left sent first;
-* a monitor is recorded by the harness; when the target stops, its
-  ``Down(ref, target, reason)`` goes to the end of the link target ->
-  watcher, after everything the target sent on it (as the runtime
-  guarantees);
-* a store operation parks the member until a step runs it against the
-  in-memory :class:`~trio_gm.store.Group` with the op's own ``apply``
-  (:mod:`trio_gm.store.ops`), so changes are totally ordered, one per step;
-  a dirty read returns the current group at once.
+The driver's own logic is modelled here, not shared, and each part is what
+the actor does:
 
-After every step the harness waits until every task is blocked
-(``wait_all_tasks_blocked``), so the effect of a step is the same on every
-run, then checks the invariants (:mod:`._checks`).
+* the mailbox: what arrives waits in arrival order and is prioritised on
+  the member's next receive, against its state then (as
+  :class:`~trio_gm.actor._mailbox.Mailbox` does), with
+  :func:`~trio_gm.ring.core.priority`; the best goes first, FIFO within a
+  priority;
+* effects are carried out in the order the core emits them; those that need
+  an answer (the last of a batch) are answered at once (reads, deliveries,
+  callbacks), by a later step (transactions, the join call) or by the clock
+  (the join retry);
+* when a handler leaves the buffer non-empty and the mailbox is empty, the
+  member gets :class:`~trio_gm.ring.core.Idle` (gen_server2's timeout 0);
+  the flush timer is armed for :meth:`RingCore.next_deadline` after such a
+  handler, unless one is armed already, and posts a ``Tick`` when the clock
+  passes it;
+* a membership check's read runs when a step says so and posts its outcome;
+* a leave is taken as the member's next message (a system message), and
+  ``Leave`` is fed before it stops.
+
+The world: a ring message goes to the end of the link queue sender ->
+receiver; the join's ``AddOnRight`` call travels on links and its reply
+comes back behind the catch-up the left sent first; a stopped member's
+DOWN for each monitor on it goes to the end of the link target -> watcher;
+a store operation waits until a step runs it on the in-memory group with
+its own ``apply``, so changes are totally ordered. A partition between two
+neighbours cuts both links (what is queued still arrives; nothing more
+does) and gives each side the DOWN of the other, as the transport does
+when heartbeats stop; whoever records the other dead first stays, the other
+finds itself recorded dead.
 """
 
 from __future__ import annotations
@@ -31,30 +43,66 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import attrs
-import trio
-import trio.testing
 
-from ..._exceptions import ActorError, ActorStopped, MemberStopped, NoSuchActor
 from ..._ids import MemberId
-from ...actor import ActorContext, ActorNode, Down, From, MonitorRef
-from ...actor._node import CALL
-from ...ring.io import EraseMembers, PruneOrCreate, RecordDead, RecordNewMember, StoreOp
-from ...ring.member import OrphanedJoin, _ConfirmedBroadcast, raise_if_shutting_down
-from ...ring.messages import Activity, AddOnRight, Catchup, CheckNeighbours, RingMessage
-from ...store import Group, GroupStore, LostMembership
+from ...ring.core import (
+    BROADCAST_TIMER,
+    CallbackDone,
+    CallFailed,
+    CallLeft,
+    CallResult,
+    CheckMembership,
+    ConfirmedBroadcast,
+    Deliver,
+    Delivered,
+    Demonitor,
+    Idle,
+    JoinRequest,
+    Leave,
+    MembershipChecked,
+    Monitor,
+    NeighbourDown,
+    Phase,
+    Read,
+    Rejoin,
+    Reply,
+    RingCore,
+    Send,
+    ShuttingDown,
+    Start,
+    StopMember,
+    StoreResult,
+    TakeBroadcasts,
+    Tick,
+    Transact,
+    Wait,
+    priority,
+)
+from ...ring.core import (
+    Callback as CallbackEffect,
+)
+from ...ring.messages import Activity, AddOnRight, Catchup, CheckNeighbours
+from ...store import Group, LostMembership
+from ...store.ops import EraseMembers, PruneOrCreate, RecordDead, RecordNewMember, StoreOp
 from . import _checks
-from ._member import BUGS, ExplorerMember
+from ._bugs import BUGS, Priority
 
 GROUP: Final = "explore"
 #: Steps the final drain may take before the run counts as not quiescing.
 DRAIN_LIMIT: Final = 4000
-#: How far a ``tick`` step moves the mock clock (past gm's 25 ms flush timer).
+#: How far a ``tick`` step moves the clock (past gm's 25 ms flush timer);
+#: one ``tick`` option in four moves it :data:`LONG_TICK` (past the
+#: membership check's interval).
 TICK: Final = 0.03
+LONG_TICK: Final = 0.3
 
 _UNSET: Final[Any] = object()
+_TICK: Final = Tick()
+_IDLE: Final = Idle()
+_TAKE: Final = TakeBroadcasts()
 
 
 # -- what travels on a link ------------------------------------------------
@@ -67,9 +115,6 @@ class _Call:
     caller: MemberId
     callee: MemberId
     request: AddOnRight
-    done: trio.Event = attrs.Factory(trio.Event)
-    reply: _Reply | None = None
-    abandoned: bool = False
 
 
 @attrs.frozen(eq=False)
@@ -81,15 +126,15 @@ class _Reply:
     error: str | None = None
 
 
-LinkItem = Activity | Catchup | CheckNeighbours | Down | _Call | _Reply
+LinkItem = Activity | Catchup | CheckNeighbours | NeighbourDown | _Call | _Reply
 
 
 @attrs.define(eq=False)
-class _Transaction:
-    member: MemberId
-    op: StoreOp
-    done: trio.Event = attrs.Factory(trio.Event)
-    result: Group | LostMembership | None = None
+class Pending:
+    """A store transaction (``op``) or a membership check's read (``op`` None)."""
+
+    slot: Slot
+    op: StoreOp | None
 
 
 @attrs.frozen
@@ -112,23 +157,32 @@ class ConfirmRecord:
 
 @attrs.define(eq=False)
 class Slot:
-    """One member of the explored group, alive or not, and what it saw."""
+    """One member of the explored group, running or not, and what it saw."""
 
     index: int
-    actor: ExplorerMember
-    id: MemberId | None = None
-    #: Set once ``init`` returned (the member joined): it takes broadcasts.
+    core: RingCore
+    #: Set once ``joined`` was called (``open_member`` would have returned).
     started: bool = False
     killed: bool = False
+    #: A leave was asked for (taken as the member's next message).
     leaving: bool = False
-    #: Its join failed as an orphan (its left died between recording it and
-    #: handing over its state): it recorded itself dead and stopped.
+    left_group: bool = False
+    #: Its join failed as an orphan: it recorded itself dead and stopped
+    #: (``open_member`` joins again under a new id: another slot).
     orphaned: bool = False
-    #: Its death was seen by the harness (DOWNs queued).
-    gone: bool = False
-    down_reason: Any = None
-    #: Ring messages posted to its mailbox and not yet handled, oldest first.
-    inbox: list[Activity | Catchup] = attrs.Factory(list)
+    #: Cut off from a neighbour by a partition: it may stop with "shutdown".
+    partitioned: bool = False
+    stopped: bool = False
+    stop_reason: Any = None
+    #: Arrived, not yet prioritised (``inbound``) and prioritised
+    #: (``(priority, seq, event)``, in arrival order).
+    inbound: list[Any] = attrs.Factory(list)
+    sorted: list[tuple[int, int, Any]] = attrs.Factory(list)
+    timer_due: float = math.inf
+    #: When the buffer last went from empty to not (math.inf: empty).
+    buffered_since: float = math.inf
+    #: ``AddOnRight`` calls it took and has not answered.
+    open_calls: list[_Call] = attrs.Factory(list)
     last_version: int = -1
     sent: int = -1
     confirming: bool = False
@@ -136,13 +190,31 @@ class Slot:
     known: set[MemberId] = attrs.Factory(set)
     #: Messages delivered to it, per sender, in delivery order.
     delivered: dict[MemberId, list[tuple[int, int]]] = attrs.Factory(dict)
-    #: Its own messages in the order it published them.
+    #: Its own messages in the order it delivered them.
     published: int = 0
     delivered_msgs: set[tuple[int, int]] = attrs.Factory(set)
+    #: Its first catch-up's ``last_pub`` per publisher: history, never news.
+    floor: dict[MemberId, int] | None = None
+    #: A membership check found it recorded dead (its outcome is posted).
+    found_dead: bool = False
+
+    @property
+    def id(self) -> MemberId:
+        return self.core.self_id
 
     @property
     def label(self) -> str:
         return f"m{self.index}"
+
+    @property
+    def mailbox(self) -> list[Any]:
+        """Everything waiting, in the order it would go (for reports)."""
+        return [e for _p, _s, e in sorted(self.sorted, key=lambda x: (-x[0], x[1]))] + list(
+            self.inbound
+        )
+
+    def waiting_ring_messages(self) -> list[Activity | Catchup]:
+        return [e for e in self.mailbox if type(e) is Activity or type(e) is Catchup]
 
 
 @attrs.define
@@ -167,133 +239,20 @@ class ScheduleReport:
         return "\n".join(lines)
 
 
-class _HarnessNode(ActorNode):
-    """An actor node whose replies to the harness's join calls go on links."""
-
-    harness: Harness
-
-    def reply(self, from_: From, value: Any) -> None:
-        call = self.harness.calls.pop(from_.tag, None) if from_.node == self.name else None
-        if call is None:
-            super().reply(from_, value)
-            return
-        cell = self.cell(call.callee)
-        if cell is not None:
-            cell.callers.discard(from_.tag)
-        self.harness.push(call.callee, call.caller, _Reply(call, value))
-
-    def fail_callers(self, tags: set[int], reason: Any) -> None:
-        rest = set()
-        for tag in tags:
-            call = self.harness.calls.pop(tag, None)
-            if call is None:
-                rest.add(tag)
-            else:
-                self.harness.push(
-                    call.callee, call.caller, _Reply(call, None, f"stopped: {reason!r}")
-                )
-        super().fail_callers(rest, reason)
-
-
-class HarnessIO:
-    """A member's :class:`~trio_gm.ring.io.RingIO` under the harness."""
-
-    def __init__(self, harness: Harness, ctx: ActorContext) -> None:
-        self.harness = harness
-        self.me: MemberId = ctx.id
-
-    def send(self, to: MemberId, msg: RingMessage) -> None:
-        self.harness.push(self.me, to, msg)
-
-    async def call(self, to: MemberId, request: AddOnRight) -> Any:
-        call = _Call(self.me, to, request)
-        self.harness.push(self.me, to, call)
-        try:
-            await call.done.wait()
-        except BaseException:
-            call.abandoned = True
-            raise
-        reply = call.reply
-        assert reply is not None
-        if reply.error == "noproc":
-            raise NoSuchActor(f"no actor {to} to call with {request!r}")
-        if reply.error is not None:
-            # The left may have committed this join before it stopped: the
-            # member then finds itself in the ring, an orphan.
-            raise ActorStopped(f"actor {to} {reply.error} before replying to {request!r}")
-        return reply.value
-
-    def monitor(self, target: MemberId) -> MonitorRef:
-        return self.harness.monitor(self.me, target)
-
-    def demonitor(self, ref: MonitorRef) -> None:
-        self.harness.demonitor(self.me, ref)
-
-    async def transact(self, op: StoreOp) -> Group | LostMembership:
-        txn = _Transaction(self.me, op)
-        pending = self.harness.transactions
-        pending.append(txn)
-        try:
-            await txn.done.wait()
-        finally:
-            if txn in pending:
-                pending.remove(txn)
-        assert txn.result is not None
-        return txn.result
-
-    async def read_group(self) -> Group | None:
-        await trio.lowlevel.checkpoint()
-        return self.harness.group
-
-
-class Recorder:
-    """The callbacks of an explored member: record everything, check as it comes."""
-
-    def __init__(self, harness: Harness, slot: Slot) -> None:
-        self.harness = harness
-        self.slot = slot
-
-    def joined(self, args: Any, members: list[MemberId]) -> None:
-        self.slot.known = set(members)
-
-    def members_changed(self, args: Any, births: list[MemberId], deaths: list[MemberId]) -> None:
-        slot = self.slot
-        for member in deaths:
-            if member not in slot.known:
-                self.harness.violation(
-                    f"{slot.label} was told of the death of {self.harness.name(member)}, "
-                    "never announced to it"
-                )
-            slot.known.discard(member)
-        slot.known.update(births)
-
-    def handle_msg(self, args: Any, sender: MemberId, msg: tuple[int, int]) -> None:
-        slot, harness = self.slot, self.harness
-        if sender == slot.id:
-            harness.published[msg] = Publication(sender, slot.published, harness.in_group())
-            slot.published += 1
-        elif sender not in slot.known:
-            harness.violation(
-                f"{slot.label} got {msg} from {harness.name(sender)} before it was announced"
-            )
-        slot.delivered.setdefault(sender, []).append(msg)
-        slot.delivered_msgs.add(msg)
-
-    def handle_terminate(self, args: Any, reason: Any) -> None:
-        self.slot.terminated = reason
-
-
 #: Kinds of step, with the share of the step values (out of 100) each gets.
 #: A value whose kind has nothing to do falls through to the next kind.
 KINDS: Final = (
-    ("deliver", 40),
-    ("deliver-all", 10),
+    ("deliver", 33),
+    ("post", 7),
+    ("handle", 6),
+    ("deliver-all", 8),
     ("transaction", 15),
-    ("broadcast", 12),
+    ("broadcast", 11),
     ("confirm", 5),
-    ("kill", 6),
-    ("join", 5),
-    ("leave", 4),
+    ("kill", 4),
+    ("join", 4),
+    ("leave", 2),
+    ("partition", 2),
     ("tick", 3),
 )
 #: Largest step value: a kind (value % 100) and an option (value // 100).
@@ -314,28 +273,35 @@ class Harness:
         if members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
         if bug is not None and bug not in BUGS:
-            raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
+            raise ValueError(f"unknown bug {bug!r}; known: {', '.join(b for b in BUGS if b)}")
         self.initial = members
         self.joins_left = joins
-        self.member_class: type[ExplorerMember] = BUGS[bug] if bug else ExplorerMember
-        self.node = _HarnessNode("explore")
-        self.node.harness = self
-        self.clock = trio.testing.MockClock()
+        core_class, prioritise = BUGS[bug] if bug else BUGS[None]
+        self.core_class: type[RingCore] = core_class
+        self.priority: Priority = prioritise
+        self.now = 0.0
         self.group: Group | None = None
         self.slots: list[Slot] = []
         self.by_id: dict[MemberId, Slot] = {}
         self.links: dict[tuple[MemberId, MemberId], deque[LinkItem]] = {}
-        self.monitors: dict[MonitorRef, tuple[MemberId, MemberId]] = {}
-        self.transactions: list[_Transaction] = []
-        self.calls: dict[int, _Call] = {}
-        self._tags = iter(range(10**9, 2 * 10**9))
+        #: Links a partition cut: nothing more goes through.
+        self.cut: set[tuple[MemberId, MemberId]] = set()
+        #: ``(watcher, tag) -> target``.
+        self.monitors: dict[tuple[MemberId, int], MemberId] = {}
+        self.pending: list[Pending] = []
         self.published: dict[tuple[int, int], Publication] = {}
         self.confirms: list[ConfirmRecord] = []
         self.violations: list[str] = []
         self.trace: list[str] | None = [] if trace else None
         self.closed = False
         self.deliveries = 0
-        self._nursery: trio.Nursery | None = None
+        self._seq = 0
+        #: Per check: what waits on each hop (see ``_checks._waiting``).
+        self.transit_cache: dict[tuple[int, int], list[Activity | Catchup] | None] = {}
+        self.covered_cache: dict[tuple[int, int, str, MemberId], list[tuple[int, int]]] = {}
+        self.path_cache: dict[tuple[MemberId, MemberId], list[MemberId]] = {}
+        #: The stored group whose inheritance was last checked.
+        self.heirs_checked: Group | None = None
 
     # -- names and reports --------------------------------------------------
 
@@ -356,17 +322,18 @@ class Harness:
         return bool(self.violations)
 
     def dump(self) -> list[str]:
-        """The whole state, one line per member, link and transaction."""
-        lines = [f"store v{self.group.version if self.group else '-'}: ring {self._ring()}"]
+        """The whole state, one line per member, link and pending operation."""
+        lines = [f"t={self.now:.3f} store v{self.group.version if self.group else '-'}: "]
+        lines[0] += f"ring {self._ring()}"
         for slot in self.slots:
-            actor = slot.actor
+            core = slot.core
             if not self.running(slot):
-                lines.append(f"{slot.label}: not running")
+                lines.append(f"{slot.label}: not running ({slot.stop_reason!r})")
                 continue
-            if not hasattr(actor, "view"):
-                lines.append(f"{slot.label}: joining")
+            if core.phase is Phase.JOINING:
+                lines.append(f"{slot.label}: joining, waiting for {core.waiting!r}")
                 continue
-            state = actor.members_state
+            state = core.members_state
             known = (
                 "no state yet"
                 if state is None
@@ -376,26 +343,34 @@ class Harness:
                     for p, ps in sorted(state.items())
                 )
             )
-            aliases = ",".join(map(self.name, sorted(actor.view[actor.self_id].aliases)))
+            aliases = ",".join(map(self.name, sorted(core.view[core.self_id].aliases)))
             lines.append(
-                f"{slot.label}: v{actor.view.version} left {self.name(actor.left[0])} "
-                f"right {self.name(actor.right[0])} aliases {{{aliases}}} {known}; "
-                f"mailbox {[self.describe(m) for m in slot.inbox]}"
+                f"{slot.label}: {core.phase.name} v{core.view.version} left "
+                f"{self.name(core.left[0])} right {self.name(core.right[0])} aliases "
+                f"{{{aliases}}} {known}; buffer {len(core.buffer)}; mailbox "
+                f"{[self.describe(m) for m in slot.mailbox]}"
+                + (f"; waits for {core.waiting!r}" if core.waiting is not None else "")
             )
         for (src, dst), queue in sorted(self.links.items()):
             items = ", ".join(self.describe(item) for item in queue)
             lines.append(f"link {self.name(src)}->{self.name(dst)}: {items}")
-        for txn in self.transactions:
-            lines.append(f"pending transaction: {_describe_op(txn.op, self)}")
+        for pending in self.pending:
+            lines.append(f"pending: {self.describe_pending(pending)}")
         return lines
 
     def _log(self, line: str) -> None:
         if self.trace is not None:
             self.trace.append(line)
 
-    def describe(self, item: LinkItem) -> str:
+    def describe_pending(self, pending: Pending) -> str:
+        if pending.op is None:
+            return f"membership check of {pending.slot.label}"
+        return f"transaction of {pending.slot.label}: {_describe_op(pending.op, self)}"
+
+    def describe(self, item: Any) -> str:
         name = self.name
-        if type(item) is Activity:
+        cls = type(item)
+        if cls is Activity:
             parts = []
             for e in item.entries:
                 part = name(e.publisher)
@@ -404,66 +379,69 @@ class Harness:
                 if e.acks:
                     part += f" acks {e.ack_last - e.acks + 1}..{e.ack_last}"
                 parts.append(part)
-            return f"Activity(v{item.version} {'; '.join(parts)})"
-        if type(item) is Catchup:
+            return f"Activity(v{item.version} {name(item.sender)}: {'; '.join(parts)})"
+        if cls is Catchup:
             parts = [
                 f"{name(p)} pending {s.pending_first}..{s.pending_first + len(s.pending) - 1}"
                 f" last_pub {s.last_pub} last_ack {s.last_ack}"
                 for p, s in item.state
             ]
-            return f"Catchup(v{item.version} {'; '.join(parts)})"
-        if type(item) is CheckNeighbours:
+            return f"Catchup(v{item.version} {name(item.sender)}: {'; '.join(parts)})"
+        if cls is CheckNeighbours:
             return f"CheckNeighbours(v{item.version})"
-        if type(item) is Down:
-            return f"DOWN({name(item.target)}, {item.reason!r})"
-        if type(item) is _Call:
+        if cls is NeighbourDown:
+            return f"DOWN({name(item.target)})"
+        if cls is _Call:
             return "AddOnRight call"
-        assert type(item) is _Reply
-        return f"AddOnRight reply ({item.error or 'ok'})"
+        if cls is _Reply:
+            return f"AddOnRight reply ({item.error or 'ok'})"
+        if cls is JoinRequest:
+            return f"AddOnRight({name(item.new_member)})"
+        if cls is ConfirmedBroadcast:
+            return f"confirmed broadcast {item.msg}"
+        return type(item).__name__
 
     # -- the world as members see it ------------------------------------------
 
     def running(self, slot: Slot) -> bool:
-        return slot.id is not None and self.node.is_alive(slot.id)
+        return not slot.stopped
 
     def ready(self, slot: Slot) -> bool:
         return (
-            self.running(slot)
+            not slot.stopped
             and slot.started
-            and slot.actor.members_state is not None
+            and slot.core.members_state is not None
             and not slot.leaving
         )
 
     def in_group(self) -> frozenset[MemberId]:
         if self.group is None:
             return frozenset()
-        return frozenset(m for m in self.group.alive if self.node.is_alive(m))
+        return frozenset(m for m in self.group.alive if self._runs(m))
+
+    def _runs(self, member: MemberId) -> bool:
+        slot = self.by_id.get(member)
+        return slot is not None and not slot.stopped
 
     def push(self, src: MemberId, dst: MemberId, item: LinkItem) -> None:
         """Put ``item`` at the end of the link ``src`` -> ``dst``."""
         slot = self.by_id.get(dst)
-        if slot is None or slot.gone:
+        if slot is None or slot.stopped or (src, dst) in self.cut:
             if type(item) is _Call:
-                self.push(dst, src, _Reply(item, None, "noproc"))
+                self._local(dst, src, _Reply(item, None, "noproc"))
             return
         self.links.setdefault((src, dst), deque()).append(item)
 
-    def monitor(self, watcher: MemberId, target: MemberId) -> MonitorRef:
-        ref = self.node.new_monitor_ref()
-        cell = self.node.cell(watcher)
-        assert cell is not None
-        cell.monitors[ref] = target
-        if self.node.is_alive(target):
-            self.monitors[ref] = (watcher, target)
-        else:
-            self.push(target, watcher, Down(ref, target, "noproc"))
-        return ref
+    def _local(self, src: MemberId, dst: MemberId, item: LinkItem) -> None:
+        """What ``dst``'s own node tells it about ``src``: no link to cross.
 
-    def demonitor(self, watcher: MemberId, ref: MonitorRef) -> None:
-        cell = self.node.cell(watcher)
-        if cell is not None:
-            cell.monitors.pop(ref, None)
-        self.monitors.pop(ref, None)
+        A DOWN or a failed call's reply from a partition arrives whatever
+        the cut, as the transport makes it locally (behind anything ``src``
+        sent before the cut).
+        """
+        slot = self.by_id.get(dst)
+        if slot is not None and not slot.stopped:
+            self.links.setdefault((src, dst), deque()).append(item)
 
     def apply(self, op: StoreOp) -> Group | LostMembership:
         """Run one store operation on the in-memory group (a committed transaction)."""
@@ -472,154 +450,391 @@ class Harness:
             self.group = result
         return result
 
-    # -- hooks from the members ---------------------------------------------------
+    # -- the driver: mailbox, effects, answers ----------------------------------
 
-    def on_ring_message(self, member: ExplorerMember, msg: Any) -> None:
-        inbox = self.by_id[member.self_id].inbox
-        for i, waiting in enumerate(inbox):
-            if waiting is msg:
-                del inbox[i]
+    def post(self, slot: Slot, event: Any) -> None:
+        """``event`` arrives in ``slot``'s mailbox; an idle member handles it."""
+        idle = not slot.inbound and not slot.sorted
+        slot.inbound.append(event)
+        if idle:
+            self.run(slot)
+
+    def _receive(self, slot: Slot) -> Any:
+        """The mailbox's receive: prioritise what arrived, pop the best."""
+        for event in slot.inbound:
+            self._seq += 1
+            slot.sorted.append((self.priority(slot.core, event), self._seq, event))
+        slot.inbound.clear()
+        best = 0
+        for i in range(1, len(slot.sorted)):
+            if slot.sorted[i][0] > slot.sorted[best][0]:
+                best = i
+        return slot.sorted.pop(best)[2]
+
+    def run(self, slot: Slot, budget: float = math.inf) -> None:
+        """The member handles up to ``budget`` messages, while it is free to."""
+        while not slot.stopped and slot.core.waiting is None:
+            if slot.leaving and not slot.left_group:
+                self._leave(slot)
+                return
+            if (slot.inbound or slot.sorted) and budget > 0:
+                budget -= 1
+                self.handle(slot, self._receive(slot))
+            elif not (slot.inbound or slot.sorted) and slot.core.buffer:
+                # The runtime's timeout 0: the mailbox is empty.
+                self.handle(slot, _IDLE)
+            else:
                 return
 
-    def on_down(self, member: ExplorerMember, down: Down) -> None:
-        slot = self.by_id[member.self_id]
-        if down.target != member.left[0]:
-            return
-        if any(msg.sender == down.target for msg in slot.inbox):
+    def handle(self, slot: Slot, event: Any) -> None:
+        """One message handled (checks first, then the core)."""
+        core = slot.core
+        cls = type(event)
+        overdue = core.buffer and self.now >= slot.buffered_since + BROADCAST_TIMER
+        # Overdue, only the timer and what overtakes like it may come first.
+        if overdue and cls is not Idle and priority(core, event) == 0:
             self.violation(
-                f"{slot.label} handles the DOWN of its left {self.name(down.target)} before "
-                "that left's last message, which was delivered to it first"
+                f"{slot.label} handles {self.describe(event)} at t={self.now:.3f} while "
+                f"its buffer, filled at t={slot.buffered_since:.3f}, waits past the "
+                f"flush interval ({BROADCAST_TIMER * 1000:.0f} ms)"
             )
+        if (
+            cls is NeighbourDown
+            and event.target == core.left[0]
+            and any(m.sender == event.target for m in slot.waiting_ring_messages())
+        ):
+            self.violation(
+                f"{slot.label} handles the DOWN of its left {self.name(event.target)} "
+                "before that left's last message, which was delivered to it first"
+            )
+        if (
+            cls is Catchup
+            and core.members_state is None
+            and core.join_left is not None
+            and event.sender == core.join_left
+        ):
+            slot.floor = {p: snap.last_pub for p, snap in event.state}
+        if cls is JoinRequest:
+            slot.open_calls.append(event.reply_to)
+        self.feed(slot, event)
+
+    def feed(self, slot: Slot, event: Any) -> None:
+        """Hand ``event`` to the core and carry out its effects."""
+        core = slot.core
+        core.handle(event, self.now)
+        self._perform(slot)
+        if slot.stopped or core.waiting is not None:
+            return
+        if core.buffer:
+            if slot.buffered_since == math.inf:
+                slot.buffered_since = self.now
+            due = core.next_deadline()
+            if due < slot.timer_due:
+                slot.timer_due = due
+        else:
+            slot.buffered_since = math.inf
+
+    def _perform(self, slot: Slot) -> None:
+        core = slot.core
+        effect: Any  # dispatched on its exact class, as the actor does
+        while effects := core.effects():
+            for effect in effects:
+                if slot.stopped:
+                    return
+                cls = type(effect)
+                if cls is Send:
+                    self._send(slot, effect)
+                elif cls is Deliver:
+                    count = self._deliver(slot, effect)
+                    core.handle(Delivered(count), self.now)
+                elif cls is Reply:
+                    self._reply(slot, effect)
+                elif cls is Monitor:
+                    target = effect.target
+                    if self._runs(target) and (target, slot.id) not in self.cut:
+                        self.monitors[(slot.id, effect.tag)] = target
+                    else:
+                        # Dead, or beyond a partition: its DOWN comes at once.
+                        self._local(target, slot.id, NeighbourDown(effect.tag, target))
+                elif cls is Demonitor:
+                    self.monitors.pop((slot.id, effect.tag), None)
+                elif cls is Read:
+                    core.handle(StoreResult(effect, self.group), self.now)
+                elif cls is Transact:
+                    self.pending.append(Pending(slot, effect.op))
+                elif cls is CheckMembership:
+                    self.pending.append(Pending(slot, None))
+                elif cls is CallbackEffect:
+                    self._callback(slot, effect)
+                    core.handle(CallbackDone(None), self.now)
+                elif cls is CallLeft:
+                    self.push(slot.id, effect.to, _Call(slot.id, effect.to, effect.request))
+                elif cls is Wait:
+                    pass  # answered by the clock
+                elif cls is StopMember:
+                    self._stop(slot, effect.reason)
+                elif cls is Rejoin:
+                    slot.orphaned = True
+                    self._stop(slot, "orphaned")
+                    # open_member joins again under a new id.
+                    self.start_member()
+                else:  # pragma: no cover
+                    raise AssertionError(f"unknown effect {effect!r}")
+
+    def _send(self, slot: Slot, effect: Send) -> None:
+        if slot.found_dead and type(effect.msg) is Activity:
+            self.violation(
+                f"{slot.label} sends {self.describe(effect.msg)} after a membership check "
+                "found it recorded dead"
+            )
+        self.push(slot.id, effect.to, effect.msg)
+
+    def _deliver(self, slot: Slot, effect: Deliver) -> int:
+        count = 0
+        me = slot.id
+        for entry in effect.entries:
+            sender = entry.publisher
+            for i, msg in enumerate(entry.pubs):
+                count += 1
+                if slot.found_dead:
+                    self.violation(
+                        f"{slot.label} delivers {msg} from {self.name(sender)} after a "
+                        "membership check found it recorded dead"
+                    )
+                if sender == me:
+                    self.published[msg] = Publication(sender, slot.published, self.in_group())
+                    slot.published += 1
+                else:
+                    if sender not in slot.known:
+                        self.violation(
+                            f"{slot.label} got {msg} from {self.name(sender)} before it was "
+                            "announced"
+                        )
+                    floor = slot.floor
+                    if floor is not None and entry.first + i <= floor.get(sender, -1):
+                        self.violation(
+                            f"{slot.label} delivers publication {entry.first + i} of "
+                            f"{self.name(sender)}, history in its first catch-up (last "
+                            f"publication {floor[sender]})"
+                        )
+                slot.delivered.setdefault(sender, []).append(msg)
+                slot.delivered_msgs.add(msg)
+        return count
+
+    def _callback(self, slot: Slot, effect: CallbackEffect) -> None:
+        if effect.name == "joined":
+            slot.known = set(effect.arguments[0])
+            slot.started = True
+            return
+        births, deaths = effect.arguments
+        for member in deaths:
+            if member not in slot.known:
+                self.violation(
+                    f"{slot.label} was told of the death of {self.name(member)}, "
+                    "never announced to it"
+                )
+            slot.known.discard(member)
+        slot.known.update(births)
+
+    def _reply(self, slot: Slot, effect: Reply) -> None:
+        to = effect.to
+        if type(to) is _Call:
+            if to in slot.open_calls:
+                slot.open_calls.remove(to)
+            self.push(slot.id, to.caller, _Reply(to, effect.value))
+            return
+        assert type(to) is ConfirmRecord
+        to.slot.confirming = False
+        if isinstance(effect.value, ShuttingDown):
+            to.outcome = f"member stopped: {effect.value.reason!r}"
+            return
+        to.outcome = "ok"
+        pub = self.published.get(to.msg)
+        if pub is None:
+            self.violation(f"confirmed broadcast {to.msg} returned, never delivered by its sender")
+            return
+        alive = self.in_group()
+        for other in self.slots:
+            if other.stopped or other.id not in pub.group or other.id not in alive:
+                continue
+            if to.msg not in other.delivered_msgs:
+                self.violation(
+                    f"confirmed broadcast {to.msg} from {slot.label} returned before "
+                    f"{other.label}, alive throughout, delivered it"
+                )
+
+    def _stop(self, slot: Slot, reason: Any) -> None:
+        """The member ends: its calls fail, its watchers get DOWNs after what it sent."""
+        slot.stopped = True
+        slot.stop_reason = reason
+        if not slot.killed:
+            slot.terminated = "normal" if slot.leaving else reason
+        dead = slot.id
+        for call in slot.open_calls:
+            self.push(dead, call.caller, _Reply(call, None, f"stopped: {reason!r}"))
+        slot.open_calls.clear()
+        for event in slot.mailbox:
+            if type(event) is JoinRequest:
+                call = event.reply_to
+                self.push(dead, call.caller, _Reply(call, None, f"stopped: {reason!r}"))
+        slot.inbound.clear()
+        slot.sorted.clear()
+        for record in self.confirms:
+            if record.slot is slot and record.outcome is None:
+                record.outcome = f"member stopped: {reason!r}"
+                slot.confirming = False
+        self.pending = [p for p in self.pending if p.slot is not slot]
+        for (watcher, tag), target in list(self.monitors.items()):
+            if target == dead:
+                del self.monitors[(watcher, tag)]
+                self.push(dead, watcher, NeighbourDown(tag, dead))
+            elif watcher == dead:
+                del self.monitors[(watcher, tag)]
+        for (src, dst), queue in list(self.links.items()):
+            if dst == dead:
+                for item in queue:
+                    if type(item) is _Call:
+                        self.push(dst, src, _Reply(item, None, "noproc"))
+                del self.links[(src, dst)]
+
+    def _leave(self, slot: Slot) -> None:
+        slot.left_group = True
+        core = slot.core
+        if core.waiting is None and core.phase is not Phase.STOPPED:
+            self.feed(slot, Leave())
+        self._stop(slot, "normal")
 
     # -- lifetimes ------------------------------------------------------------------
 
-    def _io_factory(self, ctx: ActorContext, store: Any, group_name: str) -> HarnessIO:
-        slot = self._starting
-        assert slot is not None
-        slot.id = ctx.id
-        self.by_id[ctx.id] = slot
-        self._starting = None
-        return HarnessIO(self, ctx)
-
-    _starting: Slot | None = None
-
-    async def start_member(self) -> Slot:
+    def start_member(self) -> Slot:
         index = len(self.slots)
-        actor = self.member_class(
+        member = MemberId("explore", index + 1)
+        core = self.core_class(
+            member,
             GROUP,
-            None,
-            None,
-            cast(GroupStore, None),
-            max_in_flight=10**9,
-            io_factory=self._io_factory,
+            strict=True,
+            rng=random.Random(index),
+            # Every tick step lets the next activity check the membership.
+            membership_check_interval=TICK,
         )
-        slot = Slot(index, actor)
-        actor.callbacks = Recorder(self, slot)
-        actor.observer = self
-        actor.label = slot.label
+        slot = Slot(index, core)
         self.slots.append(slot)
-        self._starting = slot
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_member, slot)
-        await trio.testing.wait_all_tasks_blocked()
+        self.by_id[member] = slot
+        self.feed(slot, Start())
         return slot
-
-    async def _run_member(self, slot: Slot) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                try:
-                    await self.node.start_actor(nursery, slot.actor)
-                except OrphanedJoin:
-                    slot.orphaned = True
-                    return
-                slot.started = True
-        except Exception as exc:
-            if not slot.killed:
-                self.violation(f"{slot.label} crashed: {_unwrap(exc)!r}")
-
-    def _detect_deaths(self) -> None:
-        """Queue the DOWNs of members that stopped since the last step."""
-        for slot in self.slots:
-            if slot.gone or slot.id is None or self.node.is_alive(slot.id):
-                continue
-            slot.gone = True
-            slot.inbox.clear()
-            if slot.killed:
-                reason: Any = "killed"
-            elif slot.orphaned:
-                reason = "orphaned"
-            elif slot.actor.stop_reason is not None:
-                reason = slot.actor.stop_reason
-            else:
-                reason = "normal"
-            slot.down_reason = reason
-            dead = slot.id
-            for ref, (watcher, target) in list(self.monitors.items()):
-                if target == dead:
-                    del self.monitors[ref]
-                    self.push(dead, watcher, Down(ref, dead, reason))
-                elif watcher == dead:
-                    del self.monitors[ref]
-            for (src, dst), queue in list(self.links.items()):
-                if dst == dead:
-                    for item in queue:
-                        if type(item) is _Call:
-                            self.push(dst, src, _Reply(item, None, "noproc"))
-                    del self.links[(src, dst)]
-
-    async def settle(self) -> None:
-        await trio.testing.wait_all_tasks_blocked()
-        self._detect_deaths()
 
     # -- steps ----------------------------------------------------------------------
 
-    def deliver(self, src: MemberId, dst: MemberId) -> None:
+    def deliver(self, src: MemberId, dst: MemberId, *, budget: float | None = None) -> None:
+        """The head of link ``src`` -> ``dst`` arrives; ``dst`` handles ``budget`` messages.
+
+        By default an idle member handles everything, a busy one (its
+        mailbox holds messages) one message.
+        """
         queue = self.links[(src, dst)]
         item = queue.popleft()
         if not queue:
             del self.links[(src, dst)]
         self.deliveries += 1
+        slot = self.by_id[dst]
         if type(item) is _Reply:
             call = item.call
-            if not call.abandoned:
-                call.reply = item
-                call.done.set()
+            if slot.stopped or type(slot.core.waiting) is not CallLeft:
+                return
+            if item.error is not None:
+                from ..._exceptions import ActorStopped
+
+                slot.core.handle(
+                    CallFailed(ActorStopped(f"{self.name(call.callee)} {item.error}")), self.now
+                )
+            else:
+                slot.core.handle(CallResult(item.value), self.now)
+            self._perform(slot)
+            self.run(slot, 0)
             return
-        slot = self.by_id[dst]
-        if not self.node.is_alive(dst):
+        if slot.stopped:
             if type(item) is _Call:
                 self.push(dst, src, _Reply(item, None, "noproc"))
             return
+        event: Any = item
         if type(item) is _Call:
-            tag = next(self._tags)
-            self.calls[tag] = item
-            cell = self.node.cell(dst)
-            assert cell is not None
-            cell.callers.add(tag)
-            cell.mailbox.send_nowait((CALL, item.request, From(self.node.name, tag)))
-        elif type(item) is Down:
-            self.node.send(dst, item)
-        else:
-            if type(item) is Activity or type(item) is Catchup:
-                slot.inbox.append(item)
-            self.node.cast(dst, item)
+            event = JoinRequest(item.request.new_member, item)
+        busy = bool(slot.inbound or slot.sorted)
+        slot.inbound.append(event)
+        if budget is None:
+            budget = 1 if busy else math.inf
+        self.run(slot, budget)
 
-    def run_transaction(self, txn: _Transaction) -> None:
-        self.transactions.remove(txn)
-        txn.result = self.apply(txn.op)
-        txn.done.set()
+    def run_pending(self, pending: Pending) -> None:
+        self.pending.remove(pending)
+        slot = pending.slot
+        if pending.op is None:
+            outcome = self.group
+            if outcome is None or not outcome.is_alive(slot.id):
+                slot.found_dead = True
+            self.post(slot, MembershipChecked(outcome))
+            return
+        result = self.apply(pending.op)
+        slot.core.handle(StoreResult(pending.op, result), self.now)
+        self._perform(slot)
+        if not slot.stopped and slot.core.waiting is None:
+            self._after_handler(slot)
+            self.run(slot, 0)
+
+    def _after_handler(self, slot: Slot) -> None:
+        core = slot.core
+        if core.buffer:
+            if slot.buffered_since == math.inf:
+                slot.buffered_since = self.now
+            due = core.next_deadline()
+            if due < slot.timer_due:
+                slot.timer_due = due
+        else:
+            slot.buffered_since = math.inf
+
+    def tick(self, seconds: float) -> None:
+        """The clock moves: timers that are due fire."""
+        self.now += seconds
+        for slot in list(self.slots):
+            if slot.stopped:
+                continue
+            waiting = slot.core.waiting
+            if type(waiting) is Wait and waiting.deadline <= self.now:
+                slot.core.handle(_TICK, self.now)
+                self._perform(slot)
+                continue
+            if slot.timer_due <= self.now:
+                slot.timer_due = math.inf
+                self.post(slot, _TICK)
+
+    def next_timer(self) -> float:
+        due = math.inf
+        for slot in self.slots:
+            if slot.stopped:
+                continue
+            waiting = slot.core.waiting
+            if type(waiting) is Wait:
+                due = min(due, waiting.deadline)
+            due = min(due, slot.timer_due)
+        return due
 
     def _options(self, kind: str, sub: int) -> list[Any]:
-        running = [s for s in self.slots if self.running(s) and not s.leaving]
-        if kind == "deliver":
+        running = [s for s in self.slots if not s.stopped and not s.leaving]
+        if kind == "deliver" or kind == "post":
             return sorted(key for key, queue in self.links.items() if queue)
+        if kind == "handle":
+            return [
+                s
+                for s in self.slots
+                if not s.stopped and s.core.waiting is None and (s.inbound or s.sorted)
+            ]
         if kind == "deliver-all":
             counts: dict[MemberId, int] = {}
             for (_src, dst), queue in self.links.items():
                 counts[dst] = counts.get(dst, 0) + len(queue)
             return sorted(dst for dst, count in counts.items() if count >= 2)
         if kind == "transaction":
-            return list(self.transactions)
+            return list(self.pending)
         if kind == "broadcast":
             return [s for s in self.slots if self.ready(s)]
         if kind == "confirm":
@@ -628,12 +843,23 @@ class Harness:
             return running if len(running) >= 2 else []
         if kind == "join":
             return [None] if self.joins_left > 0 else []
+        if kind == "partition":
+            pairs = []
+            for s in self.slots:
+                if not self.ready(s):
+                    continue
+                right = s.core.right
+                other = self.by_id.get(right[0])
+                if other is None or other is s or not self.ready(other):
+                    continue
+                if (s.id, other.id) in self.cut:
+                    continue
+                pairs.append((s, other))
+            return pairs
         assert kind == "tick"
-        if trio.lowlevel.current_statistics().seconds_to_next_deadline < math.inf:
-            return [None]
-        return []
+        return [None]
 
-    async def step(self, value: int) -> bool:
+    def step(self, value: int) -> bool:
         """Decode and run one step; False if nothing at all can happen."""
         roll, sub = value % 100, value // 100
         start = 0
@@ -646,16 +872,21 @@ class Harness:
             kind = KINDS[(start + offset) % len(KINDS)][0]
             options = self._options(kind, sub)
             if options:
-                await self._run_step(kind, options[sub % len(options)], sub)
+                self._run_step(kind, options[sub % len(options)], sub)
                 return True
         return False
 
-    async def _run_step(self, kind: str, option: Any, sub: int) -> None:
-        if kind == "deliver":
+    def _run_step(self, kind: str, option: Any, sub: int) -> None:
+        if kind == "deliver" or kind == "post":
             src, dst = option
             item = self.links[(src, dst)][0]
-            self._log(f"deliver {self.name(src)}->{self.name(dst)}: {self.describe(item)}")
-            self.deliver(src, dst)
+            verb = "deliver" if kind == "deliver" else "post (not handled yet)"
+            self._log(f"{verb} {self.name(src)}->{self.name(dst)}: {self.describe(item)}")
+            self.deliver(src, dst, budget=None if kind == "deliver" else 0)
+        elif kind == "handle":
+            slot = option
+            self._log(f"{slot.label} handles one message")
+            self.run(slot, 1)
         elif kind == "deliver-all":
             dst = option
             keys = sorted(key for key in self.links if key[1] == dst)
@@ -667,11 +898,12 @@ class Harness:
             self._log(f"deliver all to {self.name(dst)} at once: {', '.join(items)}")
             for key in keys:
                 while key in self.links:
-                    self.deliver(*key)
+                    self.deliver(*key, budget=0)
+            self.run(self.by_id[dst])
         elif kind == "transaction":
-            txn = option
-            self._log(f"transaction of {self.name(txn.member)}: {_describe_op(txn.op, self)}")
-            self.run_transaction(txn)
+            pending = option
+            self._log(self.describe_pending(pending))
+            self.run_pending(pending)
         elif kind == "broadcast":
             slot = option
             count = 1 + sub % 3
@@ -679,7 +911,9 @@ class Harness:
             self._log(f"broadcast {count} from {slot.label}: {first}..{first + count - 1}")
             for _ in range(count):
                 slot.sent += 1
-                slot.actor.offer((slot.index, slot.sent), 0)
+                msg = (slot.index, slot.sent)
+                if slot.core.offer(msg, msg, 0):
+                    self.post(slot, _TAKE)
         elif kind == "confirm":
             slot = option
             slot.sent += 1
@@ -687,55 +921,73 @@ class Harness:
             self.confirms.append(record)
             self._log(f"confirmed broadcast from {slot.label}: {slot.sent}")
             slot.confirming = True
-            assert self._nursery is not None
-            self._nursery.start_soon(self._confirm, record)
+            self.post(slot, ConfirmedBroadcast(record.msg, record.msg, record))
         elif kind == "kill":
             slot = option
             commit = bool(sub & 1)
-            txn = next((t for t in self.transactions if t.member == slot.id), None)
-            if commit and txn is not None:
+            pending = next((p for p in self.pending if p.slot is slot and p.op), None)
+            if commit and pending is not None and pending.op is not None:
                 self._log(
-                    f"kill {slot.label} after its transaction commits: {_describe_op(txn.op, self)}"
+                    f"kill {slot.label} after its transaction commits: "
+                    f"{_describe_op(pending.op, self)}"
                 )
-                self.transactions.remove(txn)
-                self.apply(txn.op)
+                self.pending.remove(pending)
+                self.apply(pending.op)
             else:
                 self._log(f"kill {slot.label}")
             slot.killed = True
-            cell = self.node.cell(slot.id)
-            assert cell is not None
-            cell.kill()
+            self._stop(slot, "killed")
         elif kind == "join":
             self.joins_left -= 1
-            slot = await self.start_member()
+            slot = self.start_member()
             self._log(f"join {slot.label}")
         elif kind == "leave":
             slot = option
             slot.leaving = True
             self._log(f"leave {slot.label}")
-            cell = self.node.cell(slot.id)
-            assert cell is not None
-            cell.request_stop("normal")
+            self.run(slot, 0)
+        elif kind == "partition":
+            a, b = option
+            self._log(
+                f"partition {a.label} | {b.label}: both links cut, each gets the other's DOWN"
+            )
+            self.cut.update({(a.id, b.id), (b.id, a.id)})
+            a.partitioned = b.partitioned = True
+            for watcher, target in ((a, b), (b, a)):
+                for (w, tag), t in list(self.monitors.items()):
+                    if w == watcher.id and t == target.id:
+                        del self.monitors[(w, tag)]
+                        self._local(target.id, watcher.id, NeighbourDown(tag, target.id))
         else:
-            self._log("tick")
-            self.clock.jump(TICK)
+            seconds = LONG_TICK if sub % 4 == 3 else TICK
+            self._log(f"tick +{seconds * 1000:.0f} ms")
+            self.tick(seconds)
 
-    async def _confirm(self, record: ConfirmRecord) -> None:
-        member = record.slot.id
-        assert member is not None
-        try:
-            reply = await self.node.call(member, _ConfirmedBroadcast(record.msg), timeout=math.inf)
-            raise_if_shutting_down(reply, member)
-        except (MemberStopped, ActorError) as exc:
-            record.outcome = f"member stopped: {exc}"
-        else:
-            record.outcome = "ok"
-        record.slot.confirming = False
+    def _busy(self) -> Slot | None:
+        for slot in self.slots:
+            if not slot.stopped and slot.core.waiting is None and (slot.inbound or slot.sorted):
+                return slot
+            if (
+                not slot.stopped
+                and slot.leaving
+                and not slot.left_group
+                and slot.core.waiting is None
+            ):
+                return slot
+        return None
 
-    async def drain(self, *, check: bool) -> bool:
-        """Deliver everything, run every transaction, let timers fire: True once quiet."""
+    def drain(self, *, check: bool) -> bool:
+        """Handle and deliver everything, run everything pending, let timers fire.
+
+        True once quiet.
+        """
         for _ in range(DRAIN_LIMIT):
-            if self.links:
+            busy = self._busy()
+            if busy is not None:
+                if check:
+                    self._log(f"  {busy.label} handles its mailbox")
+                self.run(busy)
+            elif self.links:
                 src, dst = min(self.links)
                 if check:
                     item = self.links[(src, dst)][0]
@@ -743,21 +995,18 @@ class Harness:
                         f"  deliver {self.name(src)}->{self.name(dst)}: {self.describe(item)}"
                     )
                 self.deliver(src, dst)
-            elif self.transactions:
-                txn = self.transactions[0]
+            elif self.pending:
+                pending = self.pending[0]
                 if check:
-                    self._log(
-                        f"  transaction of {self.name(txn.member)}: {_describe_op(txn.op, self)}"
-                    )
-                self.run_transaction(txn)
+                    self._log(f"  {self.describe_pending(pending)}")
+                self.run_pending(pending)
             else:
-                wait = trio.lowlevel.current_statistics().seconds_to_next_deadline
-                if wait == math.inf:
+                due = self.next_timer()
+                if due == math.inf:
                     return True
                 if check:
-                    self._log(f"  clock +{wait:.3f}")
-                self.clock.jump(wait)
-            await self.settle()
+                    self._log(f"  clock to {due:.3f}")
+                self.tick(max(0.0, due - self.now))
             if check:
                 _checks.check_step(self)
                 if self.stopped:
@@ -766,43 +1015,38 @@ class Harness:
 
     # -- the run ----------------------------------------------------------------------
 
-    async def main(self, steps: Sequence[int], report: ScheduleReport) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for _ in range(self.initial):
-                await self.start_member()
-                if not await self.drain(check=False):
-                    self.violation("the initial members did not settle")
-            self._log(
-                "start: "
-                + ", ".join(f"{s.label}={s.id}" for s in self.slots)
-                + f"; ring {self._ring()}"
-            )
+    def main(self, steps: Sequence[int], report: ScheduleReport) -> None:
+        for _ in range(self.initial):
+            self.start_member()
+            if not self.drain(check=False):
+                self.violation("the initial members did not settle")
+        self._log(
+            "start: "
+            + ", ".join(f"{s.label}={s.id}" for s in self.slots)
+            + f"; ring {self._ring()}"
+        )
+        _checks.check_step(self)
+        for value in steps:
+            if self.stopped or not self.step(value):
+                break
+            report.used += 1
             _checks.check_step(self)
-            for value in steps:
-                if self.stopped or not await self.step(value):
-                    break
-                report.used += 1
-                await self.settle()
-                _checks.check_step(self)
-            if not self.stopped:
-                self._log("drain")
-                if not await self.drain(check=True):
-                    self.violation(f"the group did not quiesce within {DRAIN_LIMIT} steps")
-            if not self.stopped:
-                # A final confirmed broadcast from every survivor carries the
-                # newest view round the ring (views refresh only on traffic).
-                finals = [s for s in self.slots if self.ready(s) and not s.confirming]
-                self._log(f"final confirmed broadcasts from {', '.join(s.label for s in finals)}")
-                for slot in finals:
-                    await self._run_step("confirm", slot, 0)
-                await self.settle()
-                if not await self.drain(check=True):
-                    self.violation(f"the group did not quiesce within {DRAIN_LIMIT} steps")
-            if not self.stopped:
-                _checks.check_end(self)
-            self.closed = True
-            nursery.cancel_scope.cancel()
+        if not self.stopped:
+            self._log("drain")
+            if not self.drain(check=True):
+                self.violation(f"the group did not quiesce within {DRAIN_LIMIT} steps")
+        if not self.stopped:
+            # A final confirmed broadcast from every survivor carries the
+            # newest view round the ring (views refresh only on traffic).
+            finals = [s for s in self.slots if self.ready(s) and not s.confirming]
+            self._log(f"final confirmed broadcasts from {', '.join(s.label for s in finals)}")
+            for slot in finals:
+                self._run_step("confirm", slot, 0)
+            if not self.drain(check=True):
+                self.violation(f"the group did not quiesce within {DRAIN_LIMIT} steps")
+        if not self.stopped:
+            _checks.check_end(self)
+        self.closed = True
 
     def _ring(self) -> str:
         if self.group is None:
@@ -812,22 +1056,14 @@ class Harness:
 
 def _describe_op(op: StoreOp, harness: Harness) -> str:
     name = harness.name
-    match op:
-        case PruneOrCreate(self_id, _):
-            return f"prune or create the group with {name(self_id)}"
-        case RecordNewMember(left, new):
-            return f"record {name(new)} right of {name(left)}"
-        case RecordDead(self_id, member, _):
-            return f"record {name(member)} dead (by {name(self_id)})"
-        case EraseMembers(self_id, members):
-            return f"erase {', '.join(map(name, members))} (by {name(self_id)})"
-    raise AssertionError(op)  # pragma: no cover
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    if type(op) is PruneOrCreate:
+        return f"prune or create the group with {name(op.self_id)}"
+    if type(op) is RecordNewMember:
+        return f"record {name(op.new)} right of {name(op.left)}"
+    if type(op) is RecordDead:
+        return f"record {name(op.member)} dead (by {name(op.self_id)})"
+    assert type(op) is EraseMembers
+    return f"erase {', '.join(map(name, op.members))} (by {name(op.self_id)})"
 
 
 def run_schedule(
@@ -840,18 +1076,12 @@ def run_schedule(
 ) -> ScheduleReport:
     """Run one schedule (a list of step values in ``0..STEP_MAX``) and check it.
 
-    Deterministic: the same arguments give the same report. The global
-    ``random`` module (a joiner's choice of left) is seeded for the run and
-    restored after it.
+    Deterministic: the same arguments give the same report (each member's
+    random choice of a left has its own seeded generator).
     """
     report = ScheduleReport(list(steps), members, bug)
     harness = Harness(members=members, bug=bug, joins=joins, trace=trace)
-    state = random.getstate()
-    random.seed(0)
-    try:
-        trio.run(harness.main, steps, report, clock=harness.clock)
-    finally:
-        random.setstate(state)
+    harness.main(steps, report)
     report.trace = harness.trace or []
     report.violations = harness.violations
     report.deliveries = harness.deliveries
