@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from trio_gm.ring import member
+from trio_gm.ring import core
 
 
 @pytest.fixture(autouse=True)
 def no_periodic_membership_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(member, "MEMBERSHIP_CHECK_INTERVAL", 3600.0)
+    monkeypatch.setattr(core, "MEMBERSHIP_CHECK_INTERVAL", 3600.0)

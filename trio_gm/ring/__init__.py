@@ -28,7 +28,7 @@ State
 -----
 For each publisher, each member keeps the publications it has seen but not
 seen acknowledged, the last publication number and the last
-acknowledgement (``members.PublisherState``). The member's own and its
+acknowledgement (``members_state.PublisherState``). The member's own and its
 aliases' entries record acknowledgements *retired* (come back), not merely
 passed on.
 

@@ -11,10 +11,11 @@ an argument) and no I/O; it never blocks and never calls user code.
 Phases (:class:`Phase`)
 =======================
 ``JOINING``
-    From :class:`Start` until the ``joined`` callback has answered: the
-    member reads the stored ring, creates it or asks a random alive member
-    to record it on its right (``AddOnRight``), and retries on
-    ``NotReady`` after :data:`JOIN_RETRY_DELAY`.
+    From :class:`Start` until it is in the stored ring: the member reads
+    the stored ring, creates it or asks a random alive member to record it
+    on its right (``AddOnRight``), and retries on ``NotReady`` after
+    :data:`JOIN_RETRY_DELAY`. Then it calls ``joined`` (already in the next
+    phase); only :class:`Start`'s procedure runs until that has answered.
 ``AWAITING_STATE``
     In the stored ring, waiting for the first catch-up, which only the
     member that recorded the join may send (Lemma 2). Every other ring
@@ -94,10 +95,12 @@ Stopping
 
 Strictness
 ==========
-With ``strict=True`` (tests, the explorer) input that should never arrive
-(an answer nobody asked for, an event while an answer is outstanding, an
-event after the stop) raises :class:`ProtocolError`; in production it is
-logged and dropped, as an unexpected message always was.
+An event while an answer is outstanding, or an answer of the wrong kind,
+always raises :class:`ProtocolError`: it is the driver's bug, and the core
+would be stuck without its answer. Other input that should never arrive
+(an unknown event, one before :class:`Start` or after the stop) raises it
+with ``strict=True`` (tests, the explorer); in production it is logged and
+dropped, as an unexpected message always was.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import Final
 
 import attrs
 
@@ -16,7 +17,9 @@ from ._harness import STEP_MAX, ScheduleReport, run_schedule
 MAX_STEPS = 60
 #: Schedules the command explores by default; each injected bug must be
 #: caught within this many.
-DEFAULT_SCHEDULES = 200
+DEFAULT_SCHEDULES = 2000
+#: Members at the start of a schedule, drawn for each: some defects need 5.
+DEFAULT_MEMBERS: Final = (3, 4, 5)
 
 
 class ScheduleFailed(Exception):
@@ -42,14 +45,16 @@ def explore(
     *,
     schedules: int = DEFAULT_SCHEDULES,
     seed: int = 0,
-    members: int = 3,
+    members: int | Sequence[int] = DEFAULT_MEMBERS,
     bug: str | None = None,
     max_steps: int = MAX_STEPS,
     shrink: bool = True,
 ) -> ExploreResult:
     """Run ``schedules`` random schedules; on a violation, shrink it.
 
-    Deterministic for a given ``seed``. Needs hypothesis (a test dependency).
+    ``members``: the group's size at the start, or sizes to draw from for
+    each schedule. Deterministic for a given ``seed``. Needs hypothesis (a
+    test dependency).
     """
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings
     from hypothesis import seed as hypothesis_seed
@@ -57,14 +62,19 @@ def explore(
 
     result = ExploreResult(0, 0.0)
 
-    def one(steps: list[int]) -> None:
+    sizes = [members] if isinstance(members, int) else list(members)
+
+    def one(size: int, steps: list[int]) -> None:
         result.schedules += 1
-        report = run_schedule(steps, members=members, bug=bug, trace=True)
+        report = run_schedule(steps, members=size, bug=bug, trace=True)
         if report.violations:
             raise ScheduleFailed(report)
 
     phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
-    test = given(st.lists(st.integers(0, STEP_MAX), min_size=5, max_size=max_steps))(one)
+    test = given(
+        st.sampled_from(sizes),
+        st.lists(st.integers(0, STEP_MAX), min_size=5, max_size=max_steps),
+    )(one)
     test = settings(
         max_examples=schedules,
         deadline=None,
@@ -93,6 +103,18 @@ def _parse_steps(text: str) -> list[int]:
     return steps
 
 
+def _parse_members(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--members takes a number or numbers like 3,4,5, got {text!r}"
+        ) from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"--members must be numbers >= 1, got {text!r}")
+    return sizes
+
+
 def _replay_command(report: ScheduleReport) -> str:
     parts = ["python -m trio_gm.testing.explore", f"--members {report.members}"]
     if report.bug:
@@ -116,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"schedules to run (default {DEFAULT_SCHEDULES})",
     )
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
-    parser.add_argument("--members", type=int, default=3, help="members at the start (default 3)")
+    parser.add_argument(
+        "--members",
+        type=_parse_members,
+        default=DEFAULT_MEMBERS,
+        help="members at the start, or sizes to draw from, comma-separated (default 3,4,5)",
+    )
     parser.add_argument(
         "--inject-bug", choices=sorted(b for b in BUGS if b), help="run a deliberately broken ring"
     )
@@ -135,11 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.schedules < 1:
         parser.error("--schedules must be >= 1")
-    if args.members < 1:
-        parser.error("--members must be >= 1")
-
     if args.replay is not None:
-        report = run_schedule(args.replay, members=args.members, bug=args.inject_bug)
+        if len(args.members) != 1:
+            parser.error("--replay needs one --members size")
+        report = run_schedule(args.replay, members=args.members[0], bug=args.inject_bug)
         print(report.format())
         print(f"1 schedules, {len(report.violations)} violations")
         return 1 if report.violations else 0
