@@ -133,7 +133,11 @@ class Member:
         while actor.in_flight >= actor.max_in_flight:
             self._check_alive()
             # Woken when room appears and when the member ends (a kill too).
-            await actor.room.park()
+            actor.room_waiters += 1
+            try:
+                await actor.room.park()
+            finally:
+                actor.room_waiters -= 1
         self._check_alive()
 
     def _pack(self, msg: Any) -> Any:
@@ -184,15 +188,24 @@ class Member:
         arrives as ``bytes``), and buffered messages also go once they pass
         1 MiB encoded, whatever the hints say.
         """
-        _check_size_hint(size_hint)
-        packed = self._pack(msg)
+        # The hot path of a sender: kept to the checks and a list append.
+        if size_hint.__class__ is not int or size_hint < 0:
+            _check_size_hint(size_hint)
+        packed = (
+            None if self._codec is None else self._codec.pack(msg, max_size=self._max_message_size)
+        )
         actor = self._actor
-        if actor.in_flight >= actor.max_in_flight and not self._in_own_callback():
+        core = actor.core
+        if core.in_flight >= actor.max_in_flight and not self._in_own_callback():
             await self._wait_for_room()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._check_alive()
-        self._offer(msg, size_hint, packed)
+            if self._mailbox.closed:
+                self._check_alive()
+        if core.shutting_down is not None:
+            self._offer(msg, size_hint, packed)  # (raises MemberStopped)
+        if core.offer(msg, msg if packed is None else packed, size_hint):
+            actor.wake()
 
     async def confirmed_broadcast(self, msg: Any) -> None:
         """Broadcast ``msg`` and return once every member of the group has it.

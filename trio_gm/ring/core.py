@@ -166,6 +166,9 @@ class Phase(enum.Enum):
     STOPPED = "stopped"
 
 
+_STOPPED: Final = Phase.STOPPED
+
+
 class ProtocolError(Exception):
     """Strict mode: input that the protocol says can never arrive."""
 
@@ -314,7 +317,7 @@ class CallFailed:
     error: ActorError
 
 
-@attrs.frozen
+@attrs.define  # (not frozen: made for every hop, and frozen costs twice as much)
 class Delivered:
     """Answer to :class:`Deliver`: ``count`` messages handed to ``handle_msg``.
 
@@ -337,7 +340,7 @@ Event = Any  # the classes above, and Activity, Catchup, CheckNeighbours
 # -- effects: what a driver does ----------------------------------------------------
 
 
-@attrs.frozen
+@attrs.define  # (not frozen: made for every hop, and frozen costs twice as much)
 class Send:
     """Cast ``msg`` to member ``to``.
 
@@ -397,7 +400,7 @@ class Wait:
     deadline: float
 
 
-@attrs.frozen
+@attrs.define  # (not frozen: made for every hop, and frozen costs twice as much)
 class Deliver:
     """Call ``handle_msg`` for each publication, in order, until one returns ``Stop``.
 
@@ -420,7 +423,7 @@ class Callback:
     arguments: tuple[Any, ...]
 
 
-@attrs.frozen
+@attrs.define  # (not frozen: made for every hop, and frozen costs twice as much)
 class Reply:
     """Answer the call ``to`` with ``value``."""
 
@@ -560,7 +563,10 @@ class RingCore:
         self.retry_due = math.inf
         #: The effect whose answer the core waits for, if any.
         self.waiting: Effect | None = None
+        #: The procedure waiting for the answer to ``waiting``, or
         self._proc: _Proc | None = None
+        #: the hot path's next step (after the delivery of an activity).
+        self._then: Any = None
         self._proc_is_call = False
         self._effects: list[Effect] = []
         self._next_tag = 0
@@ -603,7 +609,10 @@ class RingCore:
 
     def effects(self) -> list[Effect]:
         """What to do, in order; an effect needing an answer comes last."""
-        effects, self._effects = self._effects, []
+        effects = self._effects
+        if not effects:
+            return []
+        self._effects = []
         return effects
 
     def next_deadline(self) -> float:
@@ -613,31 +622,35 @@ class RingCore:
     def handle(self, event: Event, now: float) -> None:
         """Feed one event in (``now`` on the driver's clock)."""
         self.now = now
-        proc = self._proc
-        if proc is not None:
-            self._answer(proc, event)
+        cls = type(event)
+        if self.waiting is not None:
+            self._answer(event)
+        elif (
+            cls is Activity
+            and self.members_state is not None
+            and self.phase is not _STOPPED
+            and event.version <= self.view.version
+        ):
+            # The hot path, with no procedure: the left's activity at our view.
+            self._on_current_activity(event)
         else:
-            handler = self._handlers.get(type(event))
+            handler = self._handlers.get(cls)
             if handler is None:
                 self._unexpected(event, "it is not an event of the ring")
                 return
-            if self.phase is Phase.STOPPED and type(event) is not Leave:
+            if self.phase is Phase.STOPPED and cls is not Leave:
                 self._unexpected(event, "the member has stopped")
                 return
-            if (
-                self.phase is Phase.JOINING
-                and type(event) is not Start
-                and type(event) is not Leave
-            ):
+            if self.phase is Phase.JOINING and cls is not Start and cls is not Leave:
                 self._unexpected(event, "the member is still joining")
                 return
             result = handler(event)
             if result is not None:
-                self._proc_is_call = type(event) in _CALLS
+                self._proc_is_call = cls in _CALLS
                 self._advance(result, None, None)
             else:
-                self._finish(type(event) in _CALLS)
-        if self._proc is None and self.buffer and self.flush_due == math.inf:
+                self._finish(cls in _CALLS)
+        if self.waiting is None and self.buffer and self.flush_due == math.inf:
             # Unlike gm, the timer is not cancelled when the buffer empties:
             # under load that would arm and cancel one per flush. It fires at
             # most every 25 ms and flushes whatever is buffered then.
@@ -648,15 +661,36 @@ class RingCore:
             raise ProtocolError(f"member {self.self_id}: unexpected {event!r}: {why}")
         log.debug("member %s discards %r: %s", self.self_id, event, why)
 
-    def _answer(self, proc: _Proc, event: Event) -> None:
+    def handle_delivered(self, count: int, stop: Stop | None, now: float) -> None:
+        """``handle(Delivered(count, stop), now)``, the driver's shortcut for the hot path."""
+        then = self._then
+        if then is not None and type(self.waiting) is Deliver:
+            self.now = now
+            self._then = None
+            self.waiting = None
+            then(count, stop)
+            if self.waiting is None and self.buffer and self.flush_due == math.inf:
+                self.flush_due = now + BROADCAST_TIMER
+        else:
+            self.handle(Delivered(count, stop), now)
+
+    def _answer(self, event: Event) -> None:
         waiting = self.waiting
         assert waiting is not None
-        if type(event) not in _ANSWERS[type(waiting)]:
+        cls = type(event)
+        if cls not in _ANSWERS[type(waiting)]:
             # Never dropped silently: the member is stuck without its answer.
             raise ProtocolError(
                 f"member {self.self_id} waits for the answer to {waiting!r}, got {event!r}"
             )
-        cls = type(event)
+        then = self._then
+        if then is not None:  # (only a Delivered: see _on_current_activity)
+            self._then = None
+            self.waiting = None
+            then(event.count, event.stop)
+            return
+        proc = self._proc
+        assert proc is not None
         if cls is StoreResult:
             self._advance(proc, event.result, None)
         elif cls is StoreFailed or cls is CallFailed:
@@ -981,13 +1015,49 @@ class RingCore:
             # What a catch-up brings can exceed one frame: it goes right in parts.
             yield from self._process_activity(entries, split=True)
 
-    def _process_activity(self, entries: Any, *, split: bool = False) -> _Proc:
+    def _on_current_activity(self, msg: Activity) -> None:
+        """An activity at our view, without a procedure (``_on_ring_message`` is
+        the general case, and this its fast path: the same steps)."""
+        if msg.sender != self.left[0]:
+            self._finish(False)  # only the left's activity counts: a stray
+            return
+        if not self.checking_membership and self.now >= self.membership_check_due:
+            self.checking_membership = True
+            self._effects.append(CheckMembership())
+        out = self._take_activity(msg.entries, split=False)
+        for entry in out:
+            if entry.pubs:
+                effect = Deliver(out, self.max_batch_bytes is not None)
+                self.waiting = effect
+                self._then = self._current_activity_delivered
+                self._effects.append(effect)
+                return
+        self._current_activity_delivered(0, None)
+
+    def _current_activity_delivered(self, count: int, stop: Stop | None) -> None:
+        self.delivered += count
+        if self.view.members[self.self_id].aliases:
+            self._proc_is_call = False
+            self._advance(self._erase_then_check(stop), None, None)
+            return
+        if stop is not None or self.shutting_down is not None:
+            try:
+                self._check(stop)
+            except _StopMember as stopping:
+                self._stop(stopping.reason)
+        # (No _finish: its check has just been made.)
+
+    def _erase_then_check(self, stop: Stop | None) -> _Proc:
+        self._check((yield from self._maybe_erase_aliases(self.view)))
+        self._check(stop)
+
+    def _take_activity(self, entries: Any, *, split: bool) -> list[ActivityEntry]:
+        """Fold ``entries`` into the state, answer confirms, pass the result right."""
         assert self.members_state is not None
         out, own_acked = calculate_activity(self.members_state, entries, self.self_id, self.view)
         if own_acked >= 0:
             self.acked_through = own_acked
             self._confirm_through(own_acked)
-        stop = None
         if out:
             if split and self.max_batch_bytes is not None:
                 # (An activity from the left fits a frame, and what goes on
@@ -996,16 +1066,20 @@ class RingCore:
                     self._send_right(Activity(self.view.version, self.self_id, tuple(part)))
             else:
                 self._send_right(Activity(self.view.version, self.self_id, tuple(out)))
-            # Deliver before erasing (gm erases first): an erasure can report
-            # a publisher of this very batch dead, and nothing may be
-            # delivered from a member after its death was reported (found by
-            # the explorer).
-            for entry in out:
-                if entry.pubs:
-                    done: Delivered = yield Deliver(out, self.max_batch_bytes is not None)
-                    self.delivered += done.count
-                    stop = done.stop
-                    break
+        return out
+
+    def _process_activity(self, entries: Any, *, split: bool = False) -> _Proc:
+        out = self._take_activity(entries, split=split)
+        stop = None
+        # Deliver before erasing (gm erases first): an erasure can report a
+        # publisher of this very batch dead, and nothing may be delivered
+        # from a member after its death was reported (found by the explorer).
+        for entry in out:
+            if entry.pubs:
+                done: Delivered = yield Deliver(out, self.max_batch_bytes is not None)
+                self.delivered += done.count
+                stop = done.stop
+                break
         view = self.view
         if view[self.self_id].aliases:
             self._check((yield from self._maybe_erase_aliases(view)))

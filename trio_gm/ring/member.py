@@ -66,7 +66,6 @@ from .core import (
     CheckStop,
     ConfirmedBroadcast,
     Deliver,
-    Delivered,
     Demonitor,
     Idle,
     JoinRequest,
@@ -215,6 +214,8 @@ class MemberActor(Actor):
         #: Tasks waiting for room under ``max_in_flight``; woken on room and
         #: when the member ends.
         self.room = trio.lowlevel.ParkingLot()
+        #: Tasks parked on ``room`` (kept by them: cheaper to test than the lot).
+        self.room_waiters = 0
         self.task: trio.lowlevel.Task | None = None
         #: ``member.leave()`` was awaited in the running callback.
         self.leave_requested = False
@@ -250,7 +251,11 @@ class MemberActor(Actor):
         ``packed`` is ``msg`` encoded for the wire: what the ring carries.
         """
         if self.core.offer(msg, msg if packed is None else packed, size_hint):
-            self.ctx.cast(self.self_id, _TAKE)
+            self.wake()
+
+    def wake(self) -> None:
+        """Tell the member broadcasts were handed to its core (see :meth:`RingCore.offer`)."""
+        self.ctx.cast(self.self_id, _TAKE)
 
     def info(self) -> GroupInfo:
         return GroupInfo(self.group_name, self.callbacks, self.core.view.alive)
@@ -281,8 +286,7 @@ class MemberActor(Actor):
         self.self_id = ctx.id
         self.task = trio.lowlevel.current_task()
         core = self.core = RingCore(ctx.id, self.group_name, max_batch_bytes=self.max_batch_bytes)
-        core.handle(Start(), trio.current_time())
-        stop = await self._drive()
+        stop = await self._drive(Start())
         if stop is not None:
             reason = stop.reason
             if isinstance(reason, BaseException):
@@ -303,8 +307,7 @@ class MemberActor(Actor):
         else:
             gm_reason = reason
         if gm_reason == "normal" and core.waiting is None:
-            core.handle(Leave(), trio.current_time())
-            await self._drive()
+            await self._drive(Leave())
         self.room.unpark_all()
         try:
             result = self.callbacks.handle_terminate(self.args, gm_reason)
@@ -328,7 +331,7 @@ class MemberActor(Actor):
     async def handle_cast(self, msg: Any) -> Any:
         cls = type(msg)
         if cls in _RING_MESSAGES or cls is TakeBroadcasts or cls is ValidateMembers:
-            return await self._feed(msg)
+            return self._after(await self._drive(msg))
         log.warning("member %s discards unexpected cast %r", self.self_id, msg)
         return self._noreply()
 
@@ -336,16 +339,16 @@ class MemberActor(Actor):
         cls = type(msg)
         if cls is Tick:
             self._timer_due = math.inf
-            return await self._feed(msg)
+            return self._after(await self._drive(msg))
         if cls is Timeout:
-            return await self._feed(_IDLE)
+            return self._after(await self._drive(_IDLE))
         if cls is Down:
             tag = self._tags.get(msg.ref)
             if tag is None:
                 return self._noreply()  # a monitor we no longer care about
-            return await self._feed(NeighbourDown(tag, msg.target))
+            return self._after(await self._drive(NeighbourDown(tag, msg.target)))
         if cls is MembershipChecked or cls is CheckStop:
-            return await self._feed(msg)
+            return self._after(await self._drive(msg))
         # e.g. a late reply: discarded, never a crash (issue 922).
         log.debug("member %s discards unexpected message %r", self.self_id, msg)
         return self._noreply()
@@ -362,11 +365,11 @@ class MemberActor(Actor):
             return self._noreply()
         if cls is ConfirmRequest:
             wire = request.msg if request.packed is None else request.packed
-            return await self._feed(ConfirmedBroadcast(request.msg, wire, from_))
+            return self._after(await self._drive(ConfirmedBroadcast(request.msg, wire, from_)))
         if cls is AddOnRight:
-            return await self._feed(JoinRequest(request.new_member, from_))
+            return self._after(await self._drive(JoinRequest(request.new_member, from_)))
         if cls is ReadyRequest:
-            return await self._feed(AwaitReady(from_))
+            return self._after(await self._drive(AwaitReady(from_)))
         if cls is InfoRequest:
             return self._reply(self.info())
         if cls is MembersRequest:
@@ -376,13 +379,14 @@ class MemberActor(Actor):
         log.warning("member %s ignores an unknown call %r", self.self_id, request)
         return self._noreply()
 
-    async def _feed(self, event: Any) -> Any:
-        """Hand ``event`` to the core and carry out what it decides."""
-        self.core.handle(event, trio.current_time())
-        stop = await self._drive()
+    def _after(self, stop: StopMember | None) -> Any:
+        """A handler's result once the core's effects are carried out."""
         if stop is not None:
             return StopActor(stop.reason)
-        return self._noreply()
+        if self.core.buffer:
+            self._arm_timer()
+            return _NOREPLY_THEN_IDLE
+        return _NOREPLY
 
     def _noreply(self) -> NoReply:
         if self.core.buffer:
@@ -404,12 +408,23 @@ class MemberActor(Actor):
 
     # -- effects -------------------------------------------------------------
 
-    async def _drive(self) -> StopMember | None:
-        """Carry out the core's effects, answering those that need it, until none are left."""
+    async def _drive(self, event: Any = None) -> StopMember | None:
+        """Hand ``event`` (if any) to the core, then carry out its effects,
+        answering those that need it, until none are left.
+
+        Answers that come at once (deliveries, callbacks) take the time of
+        the event; those that waited (the store, calls, timers) read the clock.
+        """
         core, ctx = self.core, self.ctx
+        now = trio.current_time()
+        if event is not None:
+            core.handle(event, now)
         stop: StopMember | None = None
         effect: Any  # dispatched on its exact class, the cheapest test
-        while effects := core.effects():
+        effects = core.effects()
+        while effects:
+            # Only an answer fed back (always to the last effect) makes more.
+            answered = False
             for effect in effects:
                 cls = type(effect)
                 if cls is Send:
@@ -420,7 +435,9 @@ class MemberActor(Actor):
                         # takes its broadcasts here too.
                         await trio.lowlevel.cancel_shielded_checkpoint()
                 elif cls is Deliver:
-                    core.handle(await self._deliver(effect), trio.current_time())
+                    count, stopped = await self._deliver(effect)
+                    core.handle_delivered(count, stopped, now)
+                    answered = True
                 elif cls is ReplyTo:
                     ctx.reply(effect.to, effect.value)
                 elif cls is Monitor:
@@ -433,11 +450,13 @@ class MemberActor(Actor):
                     ctx.demonitor(ref)
                 elif cls is Transact or cls is Read:
                     core.handle(await self._store_op(effect), trio.current_time())
+                    answered = True
                 elif cls is Callback:
                     result = await self._invoke(
                         effect.name, getattr(self.callbacks, effect.name), *effect.arguments
                     )
-                    core.handle(CallbackDone(result), trio.current_time())
+                    core.handle(CallbackDone(result), now)
+                    answered = True
                 elif cls is CheckMembership:
                     ctx.nursery.start_soon(self._check_membership)
                 elif cls is CallLeft:
@@ -445,18 +464,22 @@ class MemberActor(Actor):
                         reply = await ctx.call(effect.to, effect.request, timeout=math.inf)
                     except ActorError as exc:
                         core.handle(CallFailed(exc), trio.current_time())
+                        answered = True
                     else:
                         core.handle(CallResult(reply), trio.current_time())
+                        answered = True
                 elif cls is Wait:
                     await trio.sleep_until(effect.deadline)
                     core.handle(_TICK, trio.current_time())
+                    answered = True
                 elif cls is StopMember:
                     stop = effect
                 elif cls is Rejoin:
                     raise effect.error
                 else:  # pragma: no cover - every effect is listed above
                     raise AssertionError(f"unknown effect {effect!r}")
-        if self.room and core.in_flight < self.max_in_flight:
+            effects = core.effects() if answered else []
+        if self.room_waiters and core.in_flight < self.max_in_flight:
             self.room.unpark_all()
         return stop
 
@@ -485,8 +508,10 @@ class MemberActor(Actor):
 
     # -- callbacks --------------------------------------------------------
 
-    async def _deliver(self, effect: Deliver) -> Delivered:
+    async def _deliver(self, effect: Deliver) -> tuple[int, Stop | None]:
         """Call ``handle_msg`` for each publication; a Stop ends the batch.
+
+        Returns how many were delivered, and the Stop.
 
         This loop is the per-message cost of a member: keep it to the call.
         """
@@ -511,13 +536,13 @@ class MemberActor(Actor):
                             continue
                     stop = self._result("handle_msg", result)
                     if stop is not None:
-                        return Delivered(count + index + 1, stop)
+                        return count + index + 1, stop
                     handle_msg, args = self.callbacks.handle_msg, self.args
                 count += len(pubs)
         except Exception as exc:
             self._note(exc, "handle_msg")
             raise
-        return Delivered(count)
+        return count, None
 
     async def _invoke(self, name: str, function: Any, *arguments: Any) -> Stop | None:
         """Call a callback, plain or async, and read its result."""

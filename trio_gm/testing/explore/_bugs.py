@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ...ring.core import (
+    Callback,
     ConfirmedBroadcast,
     Deliver,
     MembershipChecked,
@@ -22,6 +23,7 @@ from ...ring.core import (
     priority,
 )
 from ...ring.messages import Activity, ActivityEntry, Catchup, CheckNeighbours
+from ...ring.view import births_and_deaths
 
 Priority = Callable[[RingCore, Any], int]
 
@@ -150,6 +152,25 @@ class FlushTimerIgnored(RingCore):
         return None
 
 
+class AloneKeepsState(RingCore):
+    """Real defect, found by the explorer and fixed: a member left alone by a
+    view change other than its own DOWN kept its state and confirms.
+
+    Its DOWNs had been demonitored, so nobody would ever acknowledge its
+    pending entries. Breaks: nothing left unacknowledged at the end.
+    """
+
+    def _change_view(self, view: Any) -> Any:
+        births, deaths = births_and_deaths(self.view.known, view.known)
+        self.view = view
+        result = None
+        if births or deaths:
+            done = yield Callback("members_changed", (births, deaths))
+            result = done.stop
+        self._check_neighbours()
+        return result
+
+
 #: Injectable defects: name -> (core class, mailbox priority).
 BUGS: Final[dict[str | None, tuple[type[RingCore], Priority]]] = {
     None: (RingCore, priority),
@@ -161,4 +182,5 @@ BUGS: Final[dict[str | None, tuple[type[RingCore], Priority]]] = {
     "membership-check-ignored": (MembershipCheckIgnored, priority),
     "membership-check-waits": (RingCore, membership_check_waits),
     "flush-timer-ignored": (FlushTimerIgnored, priority),
+    "alone-keeps-state": (AloneKeepsState, priority),
 }

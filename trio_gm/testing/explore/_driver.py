@@ -17,7 +17,7 @@ from ._harness import STEP_MAX, ScheduleReport, run_schedule
 MAX_STEPS = 60
 #: Schedules the command explores by default; each injected bug must be
 #: caught within this many.
-DEFAULT_SCHEDULES = 2000
+DEFAULT_SCHEDULES = 5000
 #: Members at the start of a schedule, drawn for each: some defects need 5.
 DEFAULT_MEMBERS: Final = (3, 4, 5)
 
