@@ -146,3 +146,27 @@ def test_an_orphan_that_was_the_last_member_is_not_a_violation() -> None:
     assert rejoined.started
     assert harness.group is not None
     assert list(harness.group.alive) == [rejoined.id]
+
+
+# -- a defect the new checks found, now fixed ------------------------------------
+
+
+def test_a_view_from_our_own_transaction_drops_erased_publishers() -> None:
+    """Found by this explorer with 4 members (a leave, two joins, no fault).
+
+    m3 erases m0 (it inherited m0 and saw all of it acknowledged) while m1
+    still holds m0's publications 0..2 pending, with their
+    acknowledgements on the way. m1 then records m5 dead, and the result of
+    that transaction is a view in which m0 is erased: m1 adopted it but kept
+    m0's entries, and since activities for a publisher the view no longer
+    knows are dropped, the acknowledgements never retired them: pending for
+    ever (and a deferred stop deferred for ever). Only a refresh and a join
+    dropped erased publishers; now every view change does
+    (``RingCore._change_view``).
+    """
+    steps = [5663, 422, 157, 1804, 1339, 3004, 260, 492, 345, 200, 392, 1359, 1581, 702]
+    steps += [100, 52, 422, 1128, 448, 592, 43, 861, 182, 1049, 5757, 2951, 3007, 562]
+    steps += [865, 591, 511, 3749]
+    report = run_schedule(steps, members=4)
+    assert report.violations == [], report.format()
+    assert any(line.startswith("  transaction of m3: erase m0") for line in report.trace)

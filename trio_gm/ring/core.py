@@ -1179,6 +1179,12 @@ class RingCore:
         """
         births, deaths = births_and_deaths(self.view.known, view.known)
         self.view = view
+        if self.members_state is not None:
+            # Whoever's change brought the view (a refresh, or our own
+            # transaction's result): publishers erased in it are gone, and
+            # their entries would stay pending for ever, since activities
+            # for them are dropped (found by the explorer with 4 members).
+            self.members_state = remove_erased_members(self.members_state, view)
         result = None
         if births or deaths:
             done: CallbackDone = yield Callback("members_changed", (births, deaths))

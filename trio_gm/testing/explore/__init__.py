@@ -6,33 +6,45 @@ trio_gm and checks much more than "no message lost".
 
 What is explored
 ================
-A group of real :class:`~trio_gm.ring.member.MemberActor` members (3 by
-default) on one actor node, in one ``trio.run`` under a ``MockClock``,
-whose :class:`~trio_gm.ring.io.RingIO` (:class:`~._harness.HarnessIO`)
-holds everything: ring messages wait in per-link FIFO queues, the join's
-``AddOnRight`` call and its reply travel on links too, a stopped member's
-``Down`` is queued on each link target -> watcher after everything the target
-sent on it, and store operations wait as pending transactions that run one
-at a time on an in-memory group through :mod:`trio_gm.store.ops`. A
-schedule is a list of step values (``0..STEP_MAX``); each picks one of the
-enabled actions:
+A group of :class:`~trio_gm.ring.core.RingCore` members (3, 4 or 5 at the
+start, drawn per schedule), each the protocol of one member with no I/O,
+driven in a plain loop with no trio (:mod:`._harness`). The harness plays
+the actor driver (its mailbox, prioritised on receive as
+:class:`~trio_gm.actor._mailbox.Mailbox` does; the order of its effects;
+the idle flush; the flush timer; the membership check beside the ring; the
+leave) and the world: ring messages wait in per-link FIFO queues, the
+join's ``AddOnRight`` call and its reply travel on links too, a stopped
+member's DOWN is queued on each link target -> watcher after everything
+the target sent on it, and store operations wait as pending transactions
+that run one at a time on an in-memory group with the op's own ``apply``.
+A schedule is a list of step values (``0..STEP_MAX``); each picks one of
+the enabled actions:
 
-* deliver the head of one link;
+* deliver the head of one link (an idle member handles everything, a busy
+  one the best message of its mailbox);
+* post the head of one link without handling it (the member is busy), or
+  have a busy member handle one message: a mailbox can stay full while
+  time passes;
 * deliver *everything* queued for one member at once, so that its mailbox
-  priorities (``flush``, ``Down``) decide the order;
-* run one pending transaction;
+  priorities decide the order;
+* run one pending transaction, or one membership check's read;
 * broadcast (1 to 3 messages), or start a confirmed broadcast;
 * kill a member (optionally right after its pending transaction commits,
   before it sees the result), start a join, make a member leave;
-* move the clock 30 ms (gm's 25 ms flush timer, the join retry delay).
+* partition two neighbours: both links cut, each given the other's DOWN
+  (optionally with one already recorded dead by the other, as a partial
+  partition leaves it: it runs on, recorded dead, until it finds out);
+* move the clock 30 ms (past the flush timer) or 300 ms.
 
-After every step the harness waits until every task is blocked, so a step
-has the same effect on every run, then checks the invariants. After the
-last step it drains (delivers everything, runs every transaction, lets
-timers fire), has every survivor make one more confirmed broadcast (views
-refresh only on traffic), drains again, and runs the final checks.
-Hypothesis draws the step lists (and shrinks a failing one); a schedule
-replays from its step list (``--replay``).
+Membership checks run on every activity (one at a time): the interleavings
+of the shipped interval are among these. After every step the invariants
+are checked. After the last step the harness drains (handles, delivers and
+runs everything, lets timers fire), has every survivor make one more
+confirmed broadcast (views refresh only on traffic), drains again, and runs
+the final checks. Hypothesis draws the group size and step lists (and
+shrinks a failing one); a schedule replays from its step list
+(``--members N --replay ...``). An orphaned joiner joins again under a new
+id, as ``open_member`` does.
 
 Invariants checked after every step
 ===================================
@@ -78,6 +90,21 @@ violation.
 waiting in its mailbox (gm relies on it: the left's last activity would be
 discarded as a stray).
 
+*A confirmed broadcast returns only after every member alive throughout
+has delivered it*: when a member answers a confirm, every member in the
+stored ring and running both when it was published and now has delivered
+it (handing a batch to ``handle_msg`` is one step here).
+
+*A joiner never delivers history*: nothing at or below what its first
+catch-up holds for a publisher (``last_pub``) is delivered to it.
+
+*A member recorded dead stops before it delivers or acknowledges anything
+more*: once a membership check's read has found it recorded dead (its
+outcome is posted), it delivers nothing and sends no activity.
+
+*The buffer leaves within the flush interval*: a member whose buffer has
+waited 25 ms handles no ordinary (priority 0) message before it flushes.
+
 Also on every callback: no death is reported for a member never
 announced, and no message arrives from a member before it was announced;
 no member crashes.
@@ -96,10 +123,13 @@ one that left got ``handle_terminate(..., "normal")``; nobody else stopped.
 
 Ring defects it found, now fixed
 ===============================
-The explorer found three defects in the ring (gm.erl behaves the same way
-in each). All three are fixed in :mod:`trio_gm.ring`, every violation
-counts, and ``tests/explorer`` replays each scenario's schedule as a
-regression test (``test_<scenario>_is_fixed``).
+The explorer found the defects below in the ring (gm.erl behaves the same
+way in each); all are fixed in :mod:`trio_gm.ring`. The first five were
+found by the explorer of actors under trio that this one replaced; their
+schedules were step lists of that harness and do not replay here
+(``alone-keeps-state`` is an injected defect now, and the others are
+guarded by the unit tests of ``members_state`` and ``core``). The last was
+found by this one, and ``tests/explorer`` replays its schedule.
 
 ``alias-ack-lost``
     A joiner copies its left's entry for a dead member the left inherited
@@ -120,10 +150,10 @@ regression test (``test_<scenario>_is_fixed``).
     neighbour's ``Down`` messages were demonitored, so the "alone" branch
     of ``_on_down`` (blank the state, answer confirms) never ran: it kept
     pending entries nobody would acknowledge unless someone joined. Fixed
-    in ``MemberActor._change_view``: a view that leaves the member alone
+    in ``RingCore._change_view``: a view that leaves the member alone
     while it holds state or confirms blanks the state, answers the
     confirms and erases the aliases, as after its own ``Down``
-    (``MemberActor._alone``).
+    (``RingCore._alone``).
 ``orphan-join``
     The chosen left commits a join and dies before sending the catch-up.
     The joiner's call fails but it finds itself in the ring and took its
@@ -131,7 +161,7 @@ regression test (``test_<scenario>_is_fixed``).
     it joined the ring, but already in that state, never reached it; and
     if it inherited the dead left, the publications of that state it then
     spoke for never came back to it, so they were never acknowledged.
-    Fixed in ``MemberActor._join``: after a failed call that left the
+    Fixed in ``RingCore._join``: after a failed call that left the
     joiner in the stored ring, it records itself dead (nothing of it is in
     flight) and raises ``OrphanedJoin``; ``open_member`` joins again under
     a new id. (A first fix, delivering the orphan's first state, still let
@@ -144,31 +174,40 @@ acknowledgement loops round the ring for ever), and a member delivers an
 activity's publications before it erases aliases (an erasure could report
 a publisher of the batch dead before its messages were delivered).
 
-Found with 5 members and fixed the same way (``tests/explorer``): a joiner
+Found with 5 members and fixed the same way: a joiner
 whose first state came from a later left than the one that recorded it (an
 orphan, or a joiner whose left replied and then left before it handled the
 catch-up) could inherit dead members, find them with nothing pending in a
 state older than their publications, and erase them at once; those
-publications, coming back to it, were then never acknowledged (replays:
-``--members 5 --replay 200,0,488,100,488,82,782`` and ``--members 5 --replay
-400,0,0,188,493,840,0,3050,0,950,4793,0,6040,50``). Now an orphan records
-itself dead and ``open_member`` joins again under a new id (``OrphanedJoin``
-in ``member._join``), and a joiner holds every ring message that comes
-before the catch-up of the member that recorded it, then handles them in
-order (``member._on_ring_message``).
+publications, coming back to it, were then never acknowledged. Now an
+orphan records itself dead and ``open_member`` joins again under a new id
+(``OrphanedJoin``, ``RingCore._join``), and a joiner holds every ring
+message that comes before the catch-up of the member that recorded it,
+then handles them in order (``RingCore._on_ring_message``).
+
+``erased-publisher-kept`` (found with 4 members, no fault needed)
+    A member adopted a view that came back from its own transaction (here
+    recording a DOWN) in which another member had erased a dead
+    publisher, but kept that publisher's pending entries; activities for a
+    publisher the view no longer knows are dropped, so nothing ever retired
+    them. Only a refresh and a join used to drop erased publishers; now
+    every view change does (``RingCore._change_view``).
 
 Injected defects
 ================
 ``--inject-bug NAME`` runs the explorer against a deliberately broken
-member (:data:`BUGS`): ``skip-catchup-after-death`` (catch-ups after the
-first are ignored), ``acks-before-pubs`` (forwarded publications are held
-back until the next activity has gone ahead), ``left-down-overtakes`` (every
-``Down`` gets priority 1: the RabbitMQ 3.3.2 bug). Each is caught within
-the default number of schedules.
+ring (:data:`BUGS`, in :mod:`._bugs`: a core subclass and/or a mailbox
+priority), one per invariant; each is caught within the default schedules
+(``tests/explorer``): ``skip-catchup-after-death`` and ``acks-before-pubs``
+(the proof sketch), ``left-down-overtakes`` (the RabbitMQ 3.3.2 bug),
+``confirm-at-publish``, ``joiner-delivers-history``,
+``membership-check-ignored`` and ``membership-check-waits`` (priority 0 for
+the check's outcome), ``flush-timer-ignored``, and ``alone-keeps-state``
+(the fixed defect above, put back).
 
 Usage
 =====
-``python -m trio_gm.testing.explore --schedules N --seed S [--members K]``
+``python -m trio_gm.testing.explore --schedules N --seed S [--members 3,4,5]``
 ends with ``N schedules, 0 violations`` (exit 0), or prints the shrunk
 failing schedule, its trace, a state dump at the first violation and a
 ``--replay`` command, and exits 1. From code, :func:`explore` and
