@@ -40,6 +40,7 @@ from trio_gm.ring.core import (
     MembershipChecked,
     Monitor,
     NeighbourDown,
+    OwnBroadcasts,
     Phase,
     ProtocolError,
     Read,
@@ -103,7 +104,11 @@ def checking(core: RingCore) -> bool:
 
 def delivered_pubs(effect: Effect) -> list[tuple[MemberId, Any]]:
     assert type(effect) is Deliver
-    return [(entry.publisher, pub) for entry in effect.entries for pub in entry.pubs]
+    return [
+        (entry.publisher, pub[0] if effect.unwrap and type(pub) is tuple else pub)
+        for entry in effect.entries
+        for pub in entry.pubs
+    ]
 
 
 class Pick(random.Random):
@@ -480,7 +485,7 @@ def test_own_broadcasts_are_delivered_here_then_buffered_then_flushed_when_idle(
     assert a.in_flight == 2
 
     effects = step(a, TakeBroadcasts(), now=3.0)
-    assert effects == [Deliver((ActivityEntry(A, 0, ("m0", "m1")),), False)]
+    assert effects == [Deliver((OwnBroadcasts(A, [("m0", "m0", 0), ("m1", "m1", 0)]),), True)]
     assert waiting(a) == effects[0]
     assert step(a, Delivered(2), now=3.0) == []  # buffered: nothing sent yet
     assert a.buffer == ["m0", "m1"]
@@ -497,7 +502,7 @@ def test_alone_a_broadcast_is_only_delivered() -> None:
     r = Ring()
     a = r.add(A)
     a.offer("solo", "solo", 0)
-    assert step(a, TakeBroadcasts()) == [Deliver((ActivityEntry(A, 0, ("solo",)),), False)]
+    assert step(a, TakeBroadcasts()) == [Deliver((OwnBroadcasts(A, [("solo", "solo", 0)]),), True)]
     assert step(a, Delivered(1)) == []
     assert a.buffer == []
     assert a.in_flight == 0
@@ -708,7 +713,7 @@ def test_an_unknown_event_is_logged_and_dropped_outside_strict_mode(
     assert "not an event of the ring" in caplog.text
     # ... and the core carries on.
     core.offer("m", "m", 0)
-    assert step(core, TakeBroadcasts()) == [Deliver((ActivityEntry(A, 0, ("m",)),), False)]
+    assert step(core, TakeBroadcasts()) == [Deliver((OwnBroadcasts(A, [("m", "m", 0)]),), True)]
 
 
 def test_strict_events_before_the_start_or_after_the_stop_raise() -> None:

@@ -26,9 +26,6 @@ from ._messages import (
 from ._node import DEFAULT_CALL_TIMEOUT, ActorNode, NodeStatistics
 from ._server import TERMINATE_TIMEOUT, Actor, ActorContext, ActorHandle, ActorStatistics
 
-# alias kept until ring/member.py moves to StopActor; remove then
-Stop = StopActor
-
 __all__ = [
     "DEFAULT_CALL_TIMEOUT",
     "HIBERNATE",

@@ -400,6 +400,15 @@ class Wait:
     deadline: float
 
 
+@attrs.define
+class OwnBroadcasts:
+    """This member's broadcasts as handed over, in a :class:`Deliver`: each
+    of ``pubs`` is ``(msg, wire, size_hint)`` (``unwrap`` delivers ``msg``)."""
+
+    publisher: MemberId
+    pubs: list[tuple[Any, Any, int]]
+
+
 @attrs.define  # (not frozen: made for every hop, and frozen costs twice as much)
 class Deliver:
     """Call ``handle_msg`` for each publication, in order, until one returns ``Stop``.
@@ -408,7 +417,7 @@ class Deliver:
     pair: deliver the value. Answer :class:`Delivered`.
     """
 
-    entries: Sequence[ActivityEntry]
+    entries: Sequence[ActivityEntry | OwnBroadcasts]
     unwrap: bool
 
 
@@ -869,12 +878,11 @@ class RingCore:
             if self.shutting_down is not None:
                 self._dropped(len(batch))
                 break
-            done: Delivered = yield Deliver(
-                (ActivityEntry(me, 0, tuple([item[0] for item in batch])),), False
-            )
+            # Delivered as handed over, ``(msg, wire, size_hint)`` each: no copy.
+            done: Delivered = yield Deliver((OwnBroadcasts(me, batch),), True)
             self.delivered += done.count
             if self.right[0] != me:
-                self._publish(batch[: done.count])
+                self._publish(batch if done.count == len(batch) else batch[: done.count])
             if done.count < len(batch):
                 self._dropped(len(batch) - done.count, done.stop)
             # Deferred while our messages are in flight: the rest of the

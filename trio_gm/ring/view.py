@@ -50,10 +50,6 @@ class View:
     def alive(self) -> list[MemberId]:
         return sorted(self.members)
 
-    def all_known(self) -> frozenset[MemberId]:
-        """Alive members and the dead ones they still carry as aliases."""
-        return self.known
-
     def is_alias(self, member: MemberId, of: MemberId) -> bool:
         """Whether ``of`` speaks for ``member``: itself, or a dead member it inherited."""
         return member == of or member in self.members[of].aliases

@@ -84,7 +84,7 @@ from ...ring.core import (
 from ...ring.core import (
     Callback as CallbackEffect,
 )
-from ...ring.messages import Activity, AddOnRight, Catchup, CheckNeighbours
+from ...ring.messages import Activity, ActivityEntry, AddOnRight, Catchup, CheckNeighbours
 from ...store import Group, LostMembership
 from ...store.ops import EraseMembers, PruneOrCreate, RecordDead, RecordNewMember, StoreOp
 from . import _checks
@@ -594,7 +594,8 @@ class Harness:
         me = slot.id
         for entry in effect.entries:
             sender = entry.publisher
-            for i, msg in enumerate(entry.pubs):
+            for i, pub in enumerate(entry.pubs):
+                msg = pub[0] if effect.unwrap and type(pub) is tuple else pub
                 count += 1
                 if slot.found_dead:
                     self.violation(
@@ -611,9 +612,10 @@ class Harness:
                             "announced"
                         )
                     floor = slot.floor
-                    if floor is not None and entry.first + i <= floor.get(sender, -1):
+                    first = entry.first if type(entry) is ActivityEntry else 0
+                    if floor is not None and first + i <= floor.get(sender, -1):
                         self.violation(
-                            f"{slot.label} delivers publication {entry.first + i} of "
+                            f"{slot.label} delivers publication {first + i} of "
                             f"{self.name(sender)}, history in its first catch-up (last "
                             f"publication {floor[sender]})"
                         )
