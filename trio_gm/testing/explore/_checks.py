@@ -406,15 +406,7 @@ def _entry_in_flight(
         kind, start, end = ACK, heir, m
     else:
         kind, start, end = PUB, m, heir
-    # The path downstream from start to end (the whole ring if they are one).
-    i = ring.index(start)
-    path = []
-    k = (i + 1) % len(ring)
-    while True:
-        path.append(ring[k])
-        if ring[k] == end:
-            break
-        k = (k + 1) % len(ring)
+    path = _path(ring, start, end)
     prev = running[start]
     prev_has = True
     for member in path:

@@ -525,14 +525,7 @@ class Harness:
         self._perform(slot)
         if slot.stopped or core.waiting is not None:
             return
-        if core.buffer:
-            if slot.buffered_since == math.inf:
-                slot.buffered_since = self.now
-            due = core.next_deadline()
-            if due < slot.timer_due:
-                slot.timer_due = due
-        else:
-            slot.buffered_since = math.inf
+        self._after_handler(slot)
 
     def _perform(self, slot: Slot) -> None:
         core = slot.core
@@ -785,6 +778,7 @@ class Harness:
             self.run(slot, 0)
 
     def _after_handler(self, slot: Slot) -> None:
+        """A handler returned: the buffer's age, and the timer armed as the actor does."""
         core = slot.core
         if core.buffer:
             if slot.buffered_since == math.inf:
