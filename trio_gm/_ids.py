@@ -35,41 +35,35 @@ class ActorId:
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        if other.__class__ is not ActorId:
+        if not isinstance(other, ActorId):
             return NotImplemented
-        assert isinstance(other, ActorId)
         return self.serial == other.serial and self.node == other.node
 
     def __ne__(self, other: object) -> bool:
         if self is other:
             return False
-        if other.__class__ is not ActorId:
+        if not isinstance(other, ActorId):
             return NotImplemented
-        assert isinstance(other, ActorId)
         return self.serial != other.serial or self.node != other.node
 
     def __lt__(self, other: object) -> bool:
-        if other.__class__ is not ActorId:
+        if not isinstance(other, ActorId):
             return NotImplemented
-        assert isinstance(other, ActorId)
         return (self.node, self.serial) < (other.node, other.serial)
 
     def __le__(self, other: object) -> bool:
-        if other.__class__ is not ActorId:
+        if not isinstance(other, ActorId):
             return NotImplemented
-        assert isinstance(other, ActorId)
         return (self.node, self.serial) <= (other.node, other.serial)
 
     def __gt__(self, other: object) -> bool:
-        if other.__class__ is not ActorId:
+        if not isinstance(other, ActorId):
             return NotImplemented
-        assert isinstance(other, ActorId)
         return (self.node, self.serial) > (other.node, other.serial)
 
     def __ge__(self, other: object) -> bool:
-        if other.__class__ is not ActorId:
+        if not isinstance(other, ActorId):
             return NotImplemented
-        assert isinstance(other, ActorId)
         return (self.node, self.serial) >= (other.node, other.serial)
 
 
