@@ -371,6 +371,32 @@ def test_a_dead_left_is_recorded_dead_and_another_left_asked() -> None:
     ]
 
 
+def test_an_orphaned_joiner_records_itself_dead_and_asks_to_join_again() -> None:
+    """Its left recorded it and died before handing over its state (the
+    explorer's ``orphan-join``): nobody else can give it that state."""
+    from trio_gm._exceptions import ActorError
+    from trio_gm.ring.core import CallFailed, Rejoin
+
+    core = RingCore(C, GROUP, strict=True, rng=Pick(A))
+    step(core, Start())
+    before = ring(A, B, version=4)
+    assert step(core, StoreResult(Read(), before)) == [CallLeft(A, AddOnRight(C))]
+    recorded = RecordNewMember(A, C).apply(before, GROUP)  # A committed, then died
+    assert isinstance(recorded, Group)
+    assert step(core, CallFailed(ActorError("gone"))) == [Transact(RecordDead(C, A, verify=False))]
+    after = RecordDead(C, A, verify=False).apply(recorded, GROUP)
+    assert isinstance(after, Group)
+    assert after.is_alive(C)
+    assert step(core, StoreResult(RecordDead(C, A, verify=False), after)) == [
+        Transact(RecordDead(C, C, verify=False))
+    ]
+    effects = step(core, StoreResult(RecordDead(C, C, verify=False), after))
+    assert len(effects) == 1
+    assert type(effects[0]) is Rejoin
+    assert phase(core) is Phase.STOPPED
+    assert not ready(core)
+
+
 # -- the first catch-up: history, not news ----------------------------------------------
 
 
