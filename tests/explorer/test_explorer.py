@@ -23,15 +23,6 @@ from trio_gm.testing.explore import (
 #: A schedule that exercises joins, kills, a leave and confirmed broadcasts.
 BUSY = [88, 4591, 82, 2050, 65, 177, 77, 4, 40, 50, 1, 93, 2, 3, 0, 97, 0, 0, 0, 0]
 
-#: The seed each injected bug's test uses: each is caught within the
-#: default schedules with it (the closing notes of issue 13 list the counts
-#: for other seeds too); the quickest seed keeps CI short.
-SEEDS = {
-    "membership-check-ignored": 1,
-    "membership-check-waits": 2,
-    "flush-timer-ignored": 1,
-}
-
 
 def test_five_thousand_schedules_of_three_to_five_members_find_no_violation() -> None:
     result = explore(schedules=5000, seed=0)
