@@ -1,6 +1,6 @@
 """The schedule explorer: clean on the ring, catches every injected bug.
 
-Every run here is deterministic (a fixed hypothesis seed, or a fixed step
+Every run here is deterministic (a fixed seed, or a fixed step
 list), so a failure reproduces with the same arguments.
 """
 

@@ -146,7 +146,7 @@ def test_down_priorities() -> None:
     core.left, core.right = (left, 10), (right, 11)
     left_ref, right_ref = MonitorRef("n", 10), MonitorRef("n", 11)
     assert actor.prioritise_info(Tick()) == priority(core, Tick()) == 1
-    assert actor.prioritise_info(MembershipChecked(None)) == 1
+    assert actor.prioritise_info(MembershipChecked(None)) == 2
     assert actor.prioritise_info(Down(right_ref, right, "killed")) == 0  # no state yet
     assert priority(core, NeighbourDown(11, right)) == 0
     core.members_state = {}

@@ -760,7 +760,7 @@ def test_strict_events_before_the_start_or_after_the_stop_raise() -> None:
 def test_the_timer_and_a_membership_check_overtake_everything() -> None:
     core = Ring().add(A)
     assert priority(core, Tick()) == 1
-    assert priority(core, MembershipChecked(None)) == 1
+    assert priority(core, MembershipChecked(None)) == 2
     assert priority(core, Activity(0, B, ())) == 0
     assert priority(core, Catchup(0, B, ())) == 0
     assert priority(core, TakeBroadcasts()) == 0

@@ -1277,15 +1277,17 @@ def priority(core: RingCore, event: Event) -> int:
     """The mailbox priority of ``event`` for ``core``: higher is handled first,
     FIFO within a priority (RabbitMQ bug 24944 and the lost last activity).
 
-    The flush timer and a membership check's outcome overtake everything: a
-    buffer must leave within the flush interval however busy the mailbox,
-    and a member found recorded dead must stop before it delivers or
-    acknowledges anything more. A neighbour's DOWN overtakes, except the
-    left's (it must not overtake the left's last activity) and any before
-    the first catch-up.
+    A membership check's outcome overtakes everything, the flush timer too:
+    a member found recorded dead must stop before it delivers, acknowledges
+    or sends anything more. The flush timer overtakes the rest: a buffer
+    must leave within the flush interval however busy the mailbox. A
+    neighbour's DOWN overtakes, except the left's (it must not overtake the
+    left's last activity) and any before the first catch-up.
     """
     cls = type(event)
-    if cls is Tick or cls is MembershipChecked:
+    if cls is MembershipChecked:
+        return 2
+    if cls is Tick:
         return 1
     if cls is NeighbourDown:
         return down_priority(core, event.target)

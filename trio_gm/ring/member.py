@@ -322,7 +322,9 @@ class MemberActor(Actor):
 
     def prioritise_info(self, msg: Any) -> int:
         cls = type(msg)
-        if cls is Tick or cls is MembershipChecked:
+        if cls is MembershipChecked:
+            return 2
+        if cls is Tick:
             return 1
         if cls is Down:
             return down_priority(self.core, msg.target)

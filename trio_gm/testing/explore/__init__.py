@@ -41,8 +41,10 @@ of the shipped interval are among these. After every step the invariants
 are checked. After the last step the harness drains (handles, delivers and
 runs everything, lets timers fire), has every survivor make one more
 confirmed broadcast (views refresh only on traffic), drains again, and runs
-the final checks. Hypothesis draws the group size and step lists (and
-shrinks a failing one); a schedule replays from its step list
+the final checks. A seeded generator draws the group size and step lists
+(biased to short lists and first options, as a property-based tester
+would), and a failing schedule is shrunk greedily; a schedule replays from
+its step list
 (``--members N --replay ...``). An orphaned joiner joins again under a new
 id, as ``open_member`` does.
 

@@ -1,8 +1,9 @@
-"""Drive the harness with hypothesis: random schedules, shrunk failures, a CLI."""
+"""Drive the harness: random schedules, shrunk failures, a CLI."""
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -13,21 +14,13 @@ import attrs
 from ._bugs import BUGS
 from ._harness import STEP_MAX, ScheduleReport, run_schedule
 
-#: Longest schedule hypothesis draws (steps before the drain).
+#: Longest schedule drawn (steps before the drain).
 MAX_STEPS = 60
 #: Schedules the command explores by default; each injected bug must be
 #: caught within this many.
 DEFAULT_SCHEDULES = 5000
 #: Members at the start of a schedule, drawn for each: some defects need 5.
 DEFAULT_MEMBERS: Final = (3, 4, 5)
-
-
-class ScheduleFailed(Exception):
-    """A schedule broke an invariant; carries its report."""
-
-    def __init__(self, report: ScheduleReport) -> None:
-        super().__init__("\n".join(report.violations))
-        self.report = report
 
 
 @attrs.define
@@ -39,6 +32,69 @@ class ExploreResult:
     seconds: float
     #: The shrunk failing schedule, or None.
     failure: ScheduleReport | None = None
+
+
+def draw_schedule(
+    rng: random.Random, sizes: Sequence[int], max_steps: int
+) -> tuple[int, list[int]]:
+    """One schedule: a group size and 5 to ``max_steps`` step values.
+
+    Biased as a property-based tester would be: short lists are likelier than
+    long ones, and a third of the steps take option 0 (the first choice of
+    their kind), so that the same link, member or transaction comes up again.
+    """
+    size = rng.choice(list(sizes))
+    length = 5 + int((max_steps - 5) * rng.random() ** 2)
+    steps = [
+        rng.randrange(100) if rng.random() < 1 / 3 else rng.randrange(STEP_MAX + 1)
+        for _ in range(length)
+    ]
+    return size, steps
+
+
+def shrink_schedule(report: ScheduleReport, *, budget: int = 3000) -> ScheduleReport:
+    """A shorter, simpler schedule that still breaks an invariant (greedy, deterministic).
+
+    Cut to the steps used; then drop steps one at a time, last first, and
+    lower values (to their kind's first option, then halving), keeping each
+    change that still fails; until nothing more helps or ``budget`` runs.
+    """
+    best = report
+    runs = 0
+
+    def fails(steps: list[int]) -> ScheduleReport | None:
+        nonlocal runs
+        runs += 1
+        candidate = run_schedule(steps, members=report.members, bug=report.bug, trace=True)
+        return candidate if candidate.violations else None
+
+    steps = list(best.steps[: best.used + 1])
+    found = fails(steps)
+    if found is not None:
+        best = found
+    else:
+        steps = list(best.steps)
+    changed = True
+    while changed and runs < budget:
+        changed = False
+        for i in reversed(range(len(steps))):
+            if runs >= budget or len(steps) <= 1:
+                break
+            if i >= len(steps):
+                continue
+            found = fails(steps[:i] + steps[i + 1 :])
+            if found is not None:
+                steps, best, changed = steps[:i] + steps[i + 1 :], found, True
+        for i in range(len(steps)):
+            for smaller in (steps[i] % 100, steps[i] // 2):
+                if runs >= budget or smaller >= steps[i]:
+                    continue
+                trial = [*steps[:i], smaller, *steps[i + 1 :]]
+                found = fails(trial)
+                if found is not None:
+                    steps, best, changed = trial, found, True
+                    break
+    return best
 
 
 def explore(
@@ -53,44 +109,21 @@ def explore(
     """Run ``schedules`` random schedules; on a violation, shrink it.
 
     ``members``: the group's size at the start, or sizes to draw from for
-    each schedule. Deterministic for a given ``seed``. Needs hypothesis (a
-    test dependency).
+    each schedule. Deterministic for a given ``seed``: the schedules come
+    from :func:`draw_schedule` with a generator seeded by it, whatever else
+    runs in the process (hypothesis' draws depended on more than its seed).
     """
-    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
-    from hypothesis import seed as hypothesis_seed
-    from hypothesis import strategies as st
-
-    result = ExploreResult(0, 0.0)
-
     sizes = [members] if isinstance(members, int) else list(members)
-
-    def one(size: int, steps: list[int]) -> None:
+    rng = random.Random(seed)
+    result = ExploreResult(0, 0.0)
+    started = time.perf_counter()
+    for _ in range(schedules):
+        size, steps = draw_schedule(rng, sizes, max_steps)
         result.schedules += 1
         report = run_schedule(steps, members=size, bug=bug, trace=True)
         if report.violations:
-            raise ScheduleFailed(report)
-
-    phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
-    test = given(
-        st.sampled_from(sizes),
-        st.lists(st.integers(0, STEP_MAX), min_size=5, max_size=max_steps),
-    )(one)
-    test = settings(
-        max_examples=schedules,
-        deadline=None,
-        database=None,
-        phases=phases,
-        suppress_health_check=list(HealthCheck),
-        verbosity=Verbosity.quiet,
-        report_multiple_bugs=False,
-        print_blob=False,
-    )(test)
-    test = hypothesis_seed(seed)(test)
-    started = time.perf_counter()
-    try:
-        test()
-    except ScheduleFailed as failed:
-        result.failure = failed.report
+            result.failure = shrink_schedule(report) if shrink else report
+            break
     result.seconds = time.perf_counter() - started
     return result
 
@@ -137,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_SCHEDULES,
         help=f"schedules to run (default {DEFAULT_SCHEDULES})",
     )
-    parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the schedules drawn (default 0)"
+    )
     parser.add_argument(
         "--members",
         type=_parse_members,
