@@ -32,7 +32,7 @@ def test_five_thousand_schedules_of_three_to_five_members_find_no_violation() ->
 
 @pytest.mark.parametrize("bug", sorted(b for b in BUGS if b))
 def test_injected_bug_is_caught(bug: str) -> None:
-    # (Seed 0 catches each within 1,400 schedules; the closing notes of
+    # (Seed 0 catches each within 510 schedules; the closing notes of
     # issue 13 list the counts for seeds 1 and 2 too.)
     result = explore(schedules=DEFAULT_SCHEDULES, seed=0, bug=bug, shrink=False)
     assert result.failure is not None, f"{bug} went unnoticed in {result.schedules} schedules"
