@@ -163,3 +163,17 @@ def test_a_view_from_our_own_transaction_drops_erased_publishers() -> None:
     report = run_schedule(steps, members=4)
     assert report.violations == [], report.format()
     assert any(line.startswith("  transaction of m3: erase m0") for line in report.trace)
+
+
+def test_messages_a_joiner_replays_count_as_on_their_way() -> None:
+    """A check's false positive: m4's first catch-up came from m3, the member
+    that recorded it; the ring messages it held until then (m1's catch-up
+    and activities) were being handled in order when an erasure made it
+    wait for the store. The proof sketch looked for m1's publications only
+    in mailboxes and on links, not among those held messages still to
+    handle (``RingCore.replaying``), and reported them lost."""
+    steps = [3370, 96, 96, 40, 89, 3733, 87, 3030, 1, 26, 4, 5254, 2041, 3013, 6174, 709]
+    steps += [5229, 1712, 26, 78, 1209, 5006, 4683, 5245, 8, 5739, 79, 11, 6, 91, 40, 1287]
+    steps += [5472, 1193, 10, 35, 34, 1598, 1761, 63, 478, 1572, 43, 0, 5044, 1579, 73]
+    report = run_schedule(steps, members=4)
+    assert report.violations == [], report.format()

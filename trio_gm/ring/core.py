@@ -554,6 +554,8 @@ class RingCore:
         self.join_left: MemberId | None = None
         #: Ring messages that came before our first state, held until it.
         self.held: list[Activity | Catchup | CheckNeighbours] = []
+        #: Those held, being handled in order now that the first state came.
+        self.replaying: deque[Activity | Catchup | CheckNeighbours] = deque()
         self.delivered = 0
         #: When an activity next starts a membership check.
         self.membership_check_due = math.inf
@@ -995,9 +997,10 @@ class RingCore:
             if type(msg) is Catchup and msg.sender == self.join_left:
                 self._send_right(Catchup(self.view.version, self.self_id, msg.state))
                 self._become_ready(build_members_state(msg.state))
-                held, self.held = self.held, []
-                for early in held:
-                    yield from self._on_ring_message(early)
+                self.replaying.extend(self.held)
+                self.held.clear()
+                while self.replaying:
+                    yield from self._on_ring_message(self.replaying.popleft())
             else:
                 self.held.append(msg)
             return

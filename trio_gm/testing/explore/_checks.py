@@ -224,6 +224,12 @@ def _waiting(h: Harness, prev: Slot, x: Slot) -> list[Activity | Catchup] | None
     else:
         senders = {prev.id, *_between(h.group.ids, prev.id, x.id)}
         waiting: Iterable[Activity | Catchup] = [
+            # Held by x until its first catch-up, and now being handled: first.
+            *(
+                m
+                for m in x.core.replaying
+                if (type(m) is Activity or type(m) is Catchup) and m.sender in senders
+            ),
             *(m for m in x.waiting_ring_messages() if m.sender in senders),
             *(
                 item
