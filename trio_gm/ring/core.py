@@ -19,8 +19,9 @@ Phases (:class:`Phase`)
 ``AWAITING_STATE``
     In the stored ring, waiting for the first catch-up, which only the
     member that recorded the join may send (Lemma 2). Every other ring
-    message is held and handled after it, in order (RabbitMQ bug 26171,
-    PR 10356). Alone in the ring, a member skips this phase.
+    message is held and handled after it, in order, from
+    :attr:`RingCore.replaying` (RabbitMQ bug 26171, PR 10356). Alone in the
+    ring, a member skips this phase.
 ``LIVE``
     Holding a members state: relaying, delivering, publishing.
 ``SHUTTING_DOWN``
@@ -84,7 +85,8 @@ Deaths
 Membership check (issue 714)
     An activity at or after :attr:`RingCore.membership_check_due` starts a
     :class:`CheckMembership` read beside the ring (delivery needs no
-    store); its :class:`MembershipChecked` outcome stops the member with
+    store); its :class:`MembershipChecked` outcome, which overtakes
+    everything in the mailbox (:func:`priority`), stops the member with
     ``shutdown`` if it is recorded dead, or with the store's error.
 Stopping
     A callback's ``Stop`` stops the member at once if nothing of its own is
