@@ -177,3 +177,21 @@ def test_messages_a_joiner_replays_count_as_on_their_way() -> None:
     steps += [5472, 1193, 10, 35, 34, 1598, 1761, 63, 478, 1572, 43, 0, 5044, 1579, 73]
     report = run_schedule(steps, members=4)
     assert report.violations == [], report.format()
+
+
+def test_a_returning_left_s_stale_activity_is_not_taken_as_news() -> None:
+    """Found by a 100,000-schedule run (4 members, a partition, busy mailboxes).
+
+    m3's activities (m0's publications 1 and 2) wait in m2's busy mailbox;
+    m4 joins between them, so m2 drops publication 1 as a stray; m4 dies and
+    m3 is m2's left again. m2 then took the queued publication 2, sent while
+    m3 was its left the first time, as news after a gap: m0's entry became
+    "pending 0..1, last publication 2", and publication 1 never reached m2's
+    right. Now a new left's activities count only after its catch-up (it
+    sends one whenever it finds us its right), ``RingCore.left_caught_up``.
+    """
+    steps = [5343, 58, 70, 2778, 63, 680, 2806, 5051, 1703, 5354, 4132, 5206, 60, 94]
+    steps += [2091, 5336, 96, 2641, 71, 49, 4720, 6085, 1506, 60, 1541, 1592, 35, 1856]
+    steps += [2307, 17, 1085, 5335, 1536, 54, 1217, 800]
+    report = run_schedule(steps, members=4)
+    assert report.violations == [], report.format()

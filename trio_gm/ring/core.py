@@ -556,6 +556,10 @@ class RingCore:
         self.join_left: MemberId | None = None
         #: Ring messages that came before our first state, held until it.
         self.held: list[Activity | Catchup | CheckNeighbours] = []
+        #: Our left has sent us its catch-up since it became our left: only
+        #: then do its activities count (one it sent before is stale: from
+        #: an earlier time it was our left, with a gap since).
+        self.left_caught_up = False
         #: Those held, being handled in order now that the first state came.
         self.replaying: deque[Activity | Catchup | CheckNeighbours] = deque()
         self.delivered = 0
@@ -999,6 +1003,9 @@ class RingCore:
             if type(msg) is Catchup and msg.sender == self.join_left:
                 self._send_right(Catchup(self.view.version, self.self_id, msg.state))
                 self._become_ready(build_members_state(msg.state))
+                # (Our first state is this catch-up: if its sender is our left
+                # by now, its activities count from here.)
+                self.left_caught_up = msg.sender == self.left[0]
                 self.replaying.extend(self.held)
                 self.held.clear()
                 while self.replaying:
@@ -1014,7 +1021,7 @@ class RingCore:
             self.members_state = remove_erased_members(self.members_state, view)
             self._check((yield from self._change_view(view)))
         if type(msg) is Activity:
-            if msg.sender != self.left[0]:
+            if msg.sender != self.left[0] or not self.left_caught_up:
                 return  # only the left's activity counts: anything else is a stray
             if not self.checking_membership and self.now >= self.membership_check_due:
                 self.checking_membership = True
@@ -1023,6 +1030,7 @@ class RingCore:
         elif type(msg) is Catchup:
             if msg.sender != self.left[0]:
                 return  # not from our left (any more): a stray, discarded
+            self.left_caught_up = True
             assert self.members_state is not None
             entries = catchup_entries(self.members_state, dict(msg.state), self.self_id, self.view)
             # What a catch-up brings can exceed one frame: it goes right in parts.
@@ -1031,7 +1039,7 @@ class RingCore:
     def _on_current_activity(self, msg: Activity) -> None:
         """An activity at our view, without a procedure (``_on_ring_message`` is
         the general case, and this its fast path: the same steps)."""
-        if msg.sender != self.left[0]:
+        if msg.sender != self.left[0] or not self.left_caught_up:
             self._finish(False)  # only the left's activity counts: a stray
             return
         if not self.checking_membership and self.now >= self.membership_check_due:
@@ -1225,7 +1233,14 @@ class RingCore:
         me = self.view[self.self_id]
         version = self.view.version
         old_right = self.right
+        old_left = self.left[0]
         self.left = self._ensure_neighbour(version, self.left, me.left)
+        if self.left[0] != old_left:
+            # A new left sends its catch-up when it finds us its right; what
+            # it sent us before is from an earlier time it was our left (found
+            # by the explorer: A -> B -> A, and A's stale activity after a
+            # gap was taken as news).
+            self.left_caught_up = False
         self.right = self._ensure_neighbour(version, self.right, me.right)
         if self.right[0] == self.self_id and self.buffer:
             # Alone: buffered messages were delivered here at broadcast.
