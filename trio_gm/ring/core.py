@@ -63,7 +63,10 @@ Views (Lemma 3)
     gets a catch-up of the whole state, an old neighbour a
     ``CheckNeighbours``.
 Activities
-    Only the left's messages count; anything else is a stray. Publications
+    Only the left's messages count; anything else is a stray. A new left's
+    activities count only once its catch-up has come (it sends one when it
+    finds us its right): what it sent before is from an earlier time it was
+    our left. Publications
     are passed right before they are delivered (the ring stays pipelined),
     and delivered before aliases are erased (an erasure may report a
     publisher of the batch dead). A catch-up's resulting activity is split
