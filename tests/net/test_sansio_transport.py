@@ -152,6 +152,37 @@ def test_an_oversized_chunked_frame_is_refused_on_the_header_that_crosses() -> N
     assert str(info.value) == "a chunked frame of over 101 bytes, above the limit of 100 bytes"
 
 
+def test_empty_and_tiny_chunks_cost_only_their_bytes() -> None:
+    """A hostile peer's 200,000 empty and one-byte chunks: the chunks so far
+    are kept as their bytes, nothing per chunk, and the frame comes out whole."""
+    import tracemalloc
+
+    decoder = FrameDecoder(max_frame_size=1 << 20)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100_000):
+            decoder.feed(record(MORE, b"") + record(MORE, bytes([i % 256])))
+            assert decoder.next_frame() is None
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert decoder.buffered == 100_000
+    # 100,000 bytes of chunks; a list of 200,000 bytes objects was ~7 MB.
+    assert grown < 1_000_000, grown
+    decoder.feed(record(LAST, b"!"))
+    assert decoder.next_frame() == bytes(i % 256 for i in range(100_000)) + b"!"
+    decoder.feed(record(WHOLE, b"next"))
+    assert decoder.next_frame() == b"next"
+
+
+def test_a_whole_frame_after_an_empty_chunk_is_refused() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(record(MORE, b"") + record(WHOLE, b"x"))
+    with pytest.raises(FrameError, match="a whole frame between the chunks of another"):
+        decoder.next_frame()
+
+
 def test_a_huge_length_is_refused_without_waiting() -> None:
     decoder = FrameDecoder()
     decoder.feed(_HEADER.pack(WHOLE, 0xFFFFFFFF))

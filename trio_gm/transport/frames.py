@@ -89,6 +89,7 @@ class FrameDecoder:
         "_chunks",
         "_error",
         "_handshake",
+        "_in_chunks",
         "_pos",
         "_view",
         "max_frame_size",
@@ -104,9 +105,13 @@ class FrameDecoder:
         #: A view of ``_buffer`` while frames are parsed out of it (one per
         #: feed, not per frame); released before ``_buffer`` changes size.
         self._view: memoryview | None = None
-        #: The chunks so far of a large frame, and their total size.
-        self._chunks: list[bytes] = []
+        #: The chunks so far of a large frame, in one buffer (a list of the
+        #: chunks let a peer's empty or tiny chunks cost far more memory than
+        #: their bytes), their total size, and whether a chunked frame is
+        #: under way (it may be, with no bytes yet).
+        self._chunks = bytearray()
         self._chunked = 0
+        self._in_chunks = False
         self._error: FrameError | None = None
 
     @property
@@ -132,7 +137,7 @@ class FrameDecoder:
         For the end of the handshake: what follows its last frame is in
         the other framing.
         """
-        if self._chunks:
+        if self._in_chunks:
             raise RuntimeError("a chunked frame is under way: its chunks cannot be handed over")
         rest = bytes(self._buffer[self._pos :])
         if self._view is not None:
@@ -176,7 +181,7 @@ class FrameDecoder:
                     return None
                 kind, length = _unpack_header(buffer, pos)
                 if kind == WHOLE:
-                    if self._chunks:
+                    if self._in_chunks:
                         raise self._fail("a whole frame between the chunks of another")
                     if length > self.max_frame_size:
                         raise self._fail(
@@ -207,15 +212,16 @@ class FrameDecoder:
             view = self._view
             if view is None:
                 view = self._view = memoryview(buffer)
-            body = bytes(view[start:pos])
             if kind == WHOLE:
-                return body
-            self._chunks.append(body)
+                return bytes(view[start:pos])
+            self._chunks += view[start:pos]
             self._chunked += length
+            self._in_chunks = True
             if kind == LAST:
-                body = b"".join(self._chunks)
-                self._chunks = []
+                body = bytes(self._chunks)
+                self._chunks = bytearray()
                 self._chunked = 0
+                self._in_chunks = False
                 return body
 
 
