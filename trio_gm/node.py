@@ -145,14 +145,12 @@ class Member:
             return None
         return self._codec.pack(msg, max_size=self._max_message_size)
 
-    def _offer(self, msg: Any, size_hint: int, packed: Any) -> None:
-        actor = self._actor
-        if actor.shutting_down is not None:
+    def _refuse_if_shutting_down(self) -> None:
+        reason = self._actor.shutting_down
+        if reason is not None:
             raise MemberStopped(
-                f"member {self.id} is shutting down ({actor.shutting_down!r}): "
-                "the broadcast was not sent"
+                f"member {self.id} is shutting down ({reason!r}): the broadcast was not sent"
             )
-        actor.offer(msg, size_hint, packed)
 
     def broadcast_nowait(self, msg: Any, size_hint: int = 0) -> None:
         """:meth:`broadcast` without waiting: ``trio.WouldBlock`` when it would wait.
@@ -167,7 +165,8 @@ class Member:
         self._check_alive()
         if actor.in_flight >= actor.max_in_flight and not self._in_own_callback():
             raise trio.WouldBlock
-        self._offer(msg, size_hint, packed)
+        self._refuse_if_shutting_down()
+        actor.offer(msg, size_hint, packed)
 
     async def broadcast(self, msg: Any, size_hint: int = 0) -> None:
         """Send ``msg`` to every member; returns once it is accepted.
@@ -203,7 +202,7 @@ class Member:
             if self._mailbox.closed:
                 self._check_alive()
         if core.shutting_down is not None:
-            self._offer(msg, size_hint, packed)  # (raises MemberStopped)
+            self._refuse_if_shutting_down()
         if core.offer(msg, msg if packed is None else packed, size_hint):
             actor.wake()
 

@@ -670,6 +670,10 @@ class RingCore:
                 self._advance(result, None, None)
             else:
                 self._finish(cls in _CALLS)
+        self._arm_flush(now)
+
+    def _arm_flush(self, now: float) -> None:
+        """After a whole event: a buffer that filled starts the flush timer."""
         if self.waiting is None and self.buffer and self.flush_due == math.inf:
             # Unlike gm, the timer is not cancelled when the buffer empties:
             # under load that would arm and cancel one per flush. It fires at
@@ -689,8 +693,7 @@ class RingCore:
             self._then = None
             self.waiting = None
             then(count, stop)
-            if self.waiting is None and self.buffer and self.flush_due == math.inf:
-                self.flush_due = now + BROADCAST_TIMER
+            self._arm_flush(now)
         else:
             self.handle(Delivered(count, stop), now)
 
