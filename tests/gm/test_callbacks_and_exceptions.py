@@ -573,3 +573,53 @@ async def test_a_broadcast_cancelled_while_it_waits_for_room_raises_cancelled_ba
                 blocker.release()
                 await a.confirmed_broadcast("end")
     assert ("msg", "b", a.id, "waits") not in events.log
+
+
+class _Plain(Reporter):
+    """Plain ``handle_msg``; on "async" it becomes :class:`_Awaiting`."""
+
+    def handle_msg(self, args: Any, sender: trio_gm.MemberId, msg: Any) -> Any:
+        super().handle_msg(args, sender, msg)
+        if msg == "async":
+            return trio_gm.Become(_Awaiting(self.events), args)
+        if msg == "stop":
+            return trio_gm.Stop("normal")
+        return None
+
+
+class _Awaiting(Reporter):
+    """Async ``handle_msg`` that yields to trio; on "plain" it becomes :class:`_Plain`."""
+
+    async def handle_msg(self, args: Any, sender: trio_gm.MemberId, msg: Any) -> Any:  # type: ignore[override]
+        await trio.lowlevel.checkpoint()
+        super().handle_msg(args, sender, msg)
+        if msg == "plain":
+            return trio_gm.Become(_Plain(self.events), args)
+        if msg == "stop":
+            return trio_gm.Stop("normal")
+        return None
+
+
+@pytest.mark.parametrize("sender", ["ring", "own"])
+@pytest.mark.parametrize("stop_in", ["plain", "async"])
+async def test_a_batch_switching_between_plain_and_async_handle_msg_is_delivered_once_in_order(
+    sqlite_store: trio_gm.GroupStore, events: Events, sender: str, stop_in: str
+) -> None:
+    """Plain callbacks run without a coroutine; from the first that returns
+    one, the rest of the batch is awaited. Across such switches (``Become``
+    both ways) and a ``Stop``, each message of one batch is delivered once,
+    in order, and nothing after the Stop."""
+    batch = ["m1", "async", "m2", "m3", "plain", "m4", "async", "m5"]
+    batch += ["plain", "stop", "lost"] if stop_in == "plain" else ["stop", "lost"]
+    async with trio_gm.open_node(sqlite_store) as node:
+        async with node.open_member(GROUP, _Plain(events), "a") as a:
+            async with node.open_member(GROUP, Reporter(events), "b") as b:
+                publisher = b if sender == "ring" else a
+                for msg in batch:
+                    await publisher.broadcast(msg)  # one batch: no checkpoint between
+                await events.expect("terminate", "a", "normal")
+                assert _delivered(events, "a") == batch[: batch.index("stop") + 1]
+                await b.confirmed_broadcast("fence")
+    # a's own batch is sent up to its Stop: what a delivered, and no more.
+    sent = batch if sender == "ring" else batch[: batch.index("stop") + 1]
+    assert _delivered(events, "b") == [*sent, "fence"]

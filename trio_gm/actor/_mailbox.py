@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -47,6 +47,19 @@ class MailboxStatistics:
     #: Whether the owner is parked waiting for a message.
     waiting: bool
     closed: bool
+
+
+class _Empty:
+    """The type of :data:`EMPTY`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EMPTY"
+
+
+#: What :meth:`Mailbox.pop` returns when nothing waits.
+EMPTY: Final = _Empty()
 
 
 class Mailbox:
@@ -104,8 +117,9 @@ class Mailbox:
                 self._seq += 1
                 heapq.heappush(self._heap, (-priority, self._seq, item))
 
-    def receive_nowait(self) -> Any:
-        """Pop the best waiting item; raises ``trio.WouldBlock`` if none."""
+    def pop(self) -> Any:
+        """Pop the best waiting item, or return :data:`EMPTY` (no exception:
+        an actor's loop finds its mailbox empty once per message when idle)."""
         if self.prioritise is None:
             # Items queued while a prioritise function was set go first:
             # they arrived earlier.
@@ -113,12 +127,19 @@ class Mailbox:
                 return self._pop_sorted()
             if self._inbound:
                 return self._inbound.popleft()
-            raise trio.WouldBlock
+            return EMPTY
         if self._inbound:
             self._sort_inbound()
         if self._heap or self._normal:
             return self._pop_sorted()
-        raise trio.WouldBlock
+        return EMPTY
+
+    def receive_nowait(self) -> Any:
+        """Pop the best waiting item; raises ``trio.WouldBlock`` if none."""
+        item = self.pop()
+        if item is EMPTY:
+            raise trio.WouldBlock
+        return item
 
     def _pop_sorted(self) -> Any:
         heap = self._heap
@@ -128,7 +149,7 @@ class Mailbox:
 
     async def wait_nonempty(self) -> None:
         """Park until the mailbox holds something (checkpoints either way)."""
-        if len(self):
+        if self._inbound or self._normal or self._heap:
             await trio.lowlevel.checkpoint()
             return
         if self.closed:
@@ -137,12 +158,11 @@ class Mailbox:
         if self._waiter is not None:
             raise trio.BusyResourceError("another task is already waiting on this mailbox")
         self._waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def _abort(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def receive(self) -> Any:
         """Wait for and pop the best item."""
@@ -159,11 +179,8 @@ class Mailbox:
         """Refuse further items and return those still waiting, best first."""
         self.closed = True
         left: list[Any] = []
-        while True:
-            try:
-                left.append(self.receive_nowait())
-            except trio.WouldBlock:
-                break
+        while (item := self.pop()) is not EMPTY:
+            left.append(item)
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None

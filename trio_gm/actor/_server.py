@@ -40,7 +40,7 @@ import trio
 
 from .._exceptions import NoSuchActor
 from .._ids import ActorId
-from ._mailbox import Mailbox
+from ._mailbox import EMPTY, Mailbox
 from ._messages import (
     HIBERNATE,
     NO_REPLY,
@@ -408,10 +408,9 @@ class ActorCell:
             await trio.lowlevel.checkpoint()
             return (INFO, TIMEOUT, None)
         while True:
-            try:
-                return mailbox.receive_nowait()  # type: ignore[no-any-return]
-            except trio.WouldBlock:
-                pass
+            envelope = mailbox.pop()
+            if envelope is not EMPTY:
+                return envelope  # type: ignore[no-any-return]
             if timeout is None:
                 await mailbox.wait_nonempty()
             else:
@@ -425,9 +424,8 @@ class ActorCell:
         mailbox = self.mailbox
         budget = _FAIRNESS_BUDGET
         while True:
-            try:
-                envelope = mailbox.receive_nowait()
-            except trio.WouldBlock:
+            envelope = mailbox.pop()
+            if envelope is EMPTY:
                 envelope = await self._next_envelope()
                 budget = _FAIRNESS_BUDGET
             else:

@@ -15,6 +15,12 @@ effects it decides on and answers those that need an answer:
 * the one timer the core asks for (:meth:`RingCore.next_deadline`) is a
   priority message sent after its delay.
 
+Effects are carried out without a coroutine (:meth:`MemberActor._perform`)
+up to the first that must be awaited: a store op, a call, a wait, a cut
+send, a callback, or an async ``handle_msg``; the rest then runs as a
+coroutine (:meth:`MemberActor._perform_later`). An activity handed to plain
+callbacks, the hot path, thus costs no coroutine at all.
+
 Callback results: None to carry on, :class:`Stop` to stop (once this
 member's own messages have gone round: RabbitMQ issue 224), or
 :class:`Become` to carry on with other callbacks and args (for the rest of
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import Any, Final
 
@@ -211,6 +218,7 @@ class MemberActor(Actor):
         self.max_batch_bytes = max_batch_bytes
         self.core: RingCore
         self.self_id: MemberId
+        self._now: Callable[[], float]
         #: Tasks waiting for room under ``max_in_flight``; woken on room and
         #: when the member ends.
         self.room = trio.lowlevel.ParkingLot()
@@ -285,6 +293,8 @@ class MemberActor(Actor):
         self.ctx = ctx
         self.self_id = ctx.id
         self.task = trio.lowlevel.current_task()
+        # trio.current_time() without its wrappers: read once per event.
+        self._now = trio.lowlevel.current_clock().current_time
         core = self.core = RingCore(ctx.id, self.group_name, max_batch_bytes=self.max_batch_bytes)
         stop = await self._drive(Start())
         if stop is not None:
@@ -330,12 +340,19 @@ class MemberActor(Actor):
             return down_priority(self.core, msg.target)
         return 0
 
-    async def handle_cast(self, msg: Any) -> Any:
+    def handle_cast(self, msg: Any) -> Any:
         cls = type(msg)
         if cls in _RING_MESSAGES or cls is TakeBroadcasts or cls is ValidateMembers:
-            return self._after(await self._drive(msg))
+            # No coroutine unless something must be awaited (the hot path).
+            stop = self._drive_now(msg)
+            if type(stop) is CoroutineType:
+                return self._after_awaiting(stop)
+            return self._after(stop)  # type: ignore[arg-type]
         log.warning("member %s discards unexpected cast %r", self.self_id, msg)
         return self._noreply()
+
+    async def _after_awaiting(self, stop: Coroutine[Any, Any, StopMember | None]) -> Any:
+        return self._after(await stop)
 
     async def handle_info(self, msg: Any) -> Any:
         cls = type(msg)
@@ -410,35 +427,50 @@ class MemberActor(Actor):
 
     # -- effects -------------------------------------------------------------
 
-    async def _drive(self, event: Any = None) -> StopMember | None:
-        """Hand ``event`` (if any) to the core, then carry out its effects,
-        answering those that need it, until none are left.
+    async def _drive(self, event: Any) -> StopMember | None:
+        """Hand ``event`` to the core, then carry out its effects, answering
+        those that need it, until none are left (:meth:`_drive_now`, awaited)."""
+        result = self._drive_now(event)
+        if type(result) is CoroutineType:
+            return await result  # type: ignore[no-any-return]
+        return result  # type: ignore[return-value]
+
+    def _drive_now(self, event: Any) -> StopMember | Coroutine[Any, Any, StopMember | None] | None:
+        """:meth:`_drive` without a coroutine while nothing must be awaited.
+
+        The hot path (an activity: sends, then a delivery to plain
+        callbacks) runs here to the end. At the first effect that must be
+        awaited, the rest is returned as a coroutine for the caller to await.
+        """
+        core = self.core
+        now = self._now()
+        core.handle(event, now)
+        return self._perform(core.effects(), now)
+
+    def _perform(
+        self, effects: list[Any], now: float
+    ) -> StopMember | Coroutine[Any, Any, StopMember | None] | None:
+        """Carry out ``effects`` and what their answers bring, up to the
+        first that must be awaited (then: a coroutine doing the rest).
 
         Answers that come at once (deliveries, callbacks) take the time of
         the event; those that waited (the store, calls, timers) read the clock.
         """
         core, ctx = self.core, self.ctx
-        now = trio.current_time()
-        if event is not None:
-            core.handle(event, now)
         stop: StopMember | None = None
         effect: Any  # dispatched on its exact class, the cheapest test
-        effects = core.effects()
         while effects:
             # Only an answer fed back (always to the last effect) makes more.
             answered = False
-            for effect in effects:
+            for i, effect in enumerate(effects):
                 cls = type(effect)
-                if cls is Send:
+                if cls is Send and not effect.cut:
                     ctx.cast(effect.to, effect.msg)
-                    if effect.cut:
-                        # Let the connections run (heartbeats among them)
-                        # between two large frames; shielded, as a leave
-                        # takes its broadcasts here too.
-                        await trio.lowlevel.cancel_shielded_checkpoint()
                 elif cls is Deliver:
-                    count, stopped = await self._deliver(effect)
-                    core.handle_delivered(count, stopped, now)
+                    delivered = self._deliver(effect)
+                    if not isinstance(delivered, tuple):
+                        return self._perform_later(effects[i:], stop, now, delivered)
+                    core.handle_delivered(delivered[0], delivered[1], now)
                     answered = True
                 elif cls is ReplyTo:
                     ctx.reply(effect.to, effect.value)
@@ -450,40 +482,74 @@ class MemberActor(Actor):
                     ref = self._refs.pop(effect.tag)
                     del self._tags[ref]
                     ctx.demonitor(ref)
-                elif cls is Transact or cls is Read:
-                    core.handle(await self._store_op(effect), trio.current_time())
-                    answered = True
-                elif cls is Callback:
-                    result = await self._invoke(
-                        effect.name, getattr(self.callbacks, effect.name), *effect.arguments
-                    )
-                    core.handle(CallbackDone(result), now)
-                    answered = True
                 elif cls is CheckMembership:
                     ctx.nursery.start_soon(self._check_membership)
-                elif cls is CallLeft:
-                    try:
-                        reply = await ctx.call(effect.to, effect.request, timeout=math.inf)
-                    except ActorError as exc:
-                        core.handle(CallFailed(exc), trio.current_time())
-                        answered = True
-                    else:
-                        core.handle(CallResult(reply), trio.current_time())
-                        answered = True
-                elif cls is Wait:
-                    await trio.sleep_until(effect.deadline)
-                    core.handle(_TICK, trio.current_time())
-                    answered = True
                 elif cls is StopMember:
                     stop = effect
                 elif cls is Rejoin:
                     raise effect.error
-                else:  # pragma: no cover - every effect is listed above
-                    raise AssertionError(f"unknown effect {effect!r}")
+                else:
+                    return self._perform_later(effects[i:], stop, now, None)
             effects = core.effects() if answered else []
         if self.room_waiters and core.in_flight < self.max_in_flight:
             self.room.unpark_all()
         return stop
+
+    async def _perform_later(
+        self,
+        effects: list[Any],
+        stop: StopMember | None,
+        now: float,
+        delivering: Coroutine[Any, Any, tuple[int, Stop | None]] | None,
+    ) -> StopMember | None:
+        """:meth:`_perform` from ``effects[0]``, which must be awaited: a
+        delivery under way (``delivering``: what is left of it) or another."""
+        core, ctx = self.core, self.ctx
+        effect: Any
+        for effect in effects:
+            cls = type(effect)
+            if cls is Deliver:
+                if delivering is None:
+                    delivered = self._deliver(effect)
+                    if isinstance(delivered, tuple):
+                        core.handle_delivered(delivered[0], delivered[1], now)
+                        continue
+                    delivering = delivered
+                count, stopped = await delivering
+                core.handle_delivered(count, stopped, now)
+            elif cls is Send:
+                ctx.cast(effect.to, effect.msg)
+                if effect.cut:
+                    # Let the connections run (heartbeats among them)
+                    # between two large frames; shielded, as a leave
+                    # takes its broadcasts here too.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+            elif cls is Transact or cls is Read:
+                core.handle(await self._store_op(effect), trio.current_time())
+            elif cls is Callback:
+                result = await self._invoke(
+                    effect.name, getattr(self.callbacks, effect.name), *effect.arguments
+                )
+                core.handle(CallbackDone(result), now)
+            elif cls is CallLeft:
+                try:
+                    reply = await ctx.call(effect.to, effect.request, timeout=math.inf)
+                except ActorError as exc:
+                    core.handle(CallFailed(exc), trio.current_time())
+                else:
+                    core.handle(CallResult(reply), trio.current_time())
+            elif cls is Wait:
+                await trio.sleep_until(effect.deadline)
+                core.handle(_TICK, trio.current_time())
+            elif cls is StopMember:
+                stop = effect
+            else:  # one that needs no await: as _perform does it
+                self._perform([effect], now)
+        # What the answers brought (an answer is always to the last effect).
+        more = self._perform(core.effects(), now)
+        if type(more) is CoroutineType:
+            more = await more
+        return stop if more is None else more  # type: ignore[return-value]
 
     async def _store_op(self, effect: Transact | Read) -> StoreResult | StoreFailed:
         op = effect.op if type(effect) is Transact else effect
@@ -510,10 +576,14 @@ class MemberActor(Actor):
 
     # -- callbacks --------------------------------------------------------
 
-    async def _deliver(self, effect: Deliver) -> tuple[int, Stop | None]:
+    def _deliver(
+        self, effect: Deliver
+    ) -> tuple[int, Stop | None] | Coroutine[Any, Any, tuple[int, Stop | None]]:
         """Call ``handle_msg`` for each publication; a Stop ends the batch.
 
-        Returns how many were delivered, and the Stop.
+        Returns how many were delivered, and the Stop; or, once an async
+        ``handle_msg`` returns a coroutine, a coroutine that awaits it and
+        delivers the rest (:meth:`_deliver_rest`).
 
         This loop is the per-message cost of a member: keep it to the call.
         """
@@ -523,7 +593,7 @@ class MemberActor(Actor):
         unwrap = effect.unwrap
         count = 0
         try:
-            for entry in effect.entries:
+            for at, entry in enumerate(effect.entries):
                 pubs = entry.pubs
                 sender = entry.publisher
                 for index, msg in enumerate(pubs):
@@ -533,9 +603,7 @@ class MemberActor(Actor):
                     if result is None:
                         continue
                     if type(result) is CoroutineType:
-                        result = await result
-                        if result is None and not self.leave_requested:
-                            continue
+                        return self._deliver_rest(effect, count, at, index, result)
                     stop = self._result("handle_msg", result)
                     if stop is not None:
                         return count + index + 1, stop
@@ -545,6 +613,42 @@ class MemberActor(Actor):
             self._note(exc, "handle_msg")
             raise
         return count, None
+
+    async def _deliver_rest(
+        self,
+        effect: Deliver,
+        count: int,
+        at: int,
+        index: int,
+        pending: Coroutine[Any, Any, Any],
+    ) -> tuple[int, Stop | None]:
+        """:meth:`_deliver` on from publication ``index`` of entry ``at``,
+        whose ``handle_msg`` returned ``pending`` (``count``: the
+        publications of the entries before it)."""
+        entries, unwrap = effect.entries, effect.unwrap
+        try:
+            result = await pending
+            while True:
+                # ``result``: what publication ``index`` of entry ``at`` returned.
+                if result is not None or self.leave_requested:
+                    stop = self._result("handle_msg", result)
+                    if stop is not None:
+                        return count + index + 1, stop
+                index += 1
+                while index >= len(entries[at].pubs):
+                    count += len(entries[at].pubs)
+                    at, index = at + 1, 0
+                    if at == len(entries):
+                        return count, None
+                msg = entries[at].pubs[index]
+                if unwrap and type(msg) is tuple:
+                    msg = msg[0]
+                result = self.callbacks.handle_msg(self.args, entries[at].publisher, msg)
+                if type(result) is CoroutineType:
+                    result = await result
+        except Exception as exc:
+            self._note(exc, "handle_msg")
+            raise
 
     async def _invoke(self, name: str, function: Any, *arguments: Any) -> Stop | None:
         """Call a callback, plain or async, and read its result."""
