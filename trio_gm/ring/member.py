@@ -343,36 +343,38 @@ class MemberActor(Actor):
     def handle_cast(self, msg: Any) -> Any:
         cls = type(msg)
         if cls in _RING_MESSAGES or cls is TakeBroadcasts or cls is ValidateMembers:
-            # No coroutine unless something must be awaited (the hot path).
-            stop = self._drive_now(msg)
-            if type(stop) is CoroutineType:
-                return self._after_awaiting(stop)
-            return self._after(stop)  # type: ignore[arg-type]
+            return self._after_now(self._drive_now(msg))
         log.warning("member %s discards unexpected cast %r", self.self_id, msg)
         return self._noreply()
+
+    def _after_now(self, stop: StopMember | Coroutine[Any, Any, StopMember | None] | None) -> Any:
+        """:meth:`_after`, as a coroutine only if the effects must be awaited."""
+        if type(stop) is CoroutineType:
+            return self._after_awaiting(stop)
+        return self._after(stop)  # type: ignore[arg-type]
 
     async def _after_awaiting(self, stop: Coroutine[Any, Any, StopMember | None]) -> Any:
         return self._after(await stop)
 
-    async def handle_info(self, msg: Any) -> Any:
+    def handle_info(self, msg: Any) -> Any:
         cls = type(msg)
         if cls is Tick:
             self._timer_due = math.inf
-            return self._after(await self._drive(msg))
+            return self._after_now(self._drive_now(msg))
         if cls is Timeout:
-            return self._after(await self._drive(_IDLE))
+            return self._after_now(self._drive_now(_IDLE))
         if cls is Down:
             tag = self._tags.get(msg.ref)
             if tag is None:
                 return self._noreply()  # a monitor we no longer care about
-            return self._after(await self._drive(NeighbourDown(tag, msg.target)))
+            return self._after_now(self._drive_now(NeighbourDown(tag, msg.target)))
         if cls is MembershipChecked or cls is CheckStop:
-            return self._after(await self._drive(msg))
+            return self._after_now(self._drive_now(msg))
         # e.g. a late reply: discarded, never a crash (issue 922).
         log.debug("member %s discards unexpected message %r", self.self_id, msg)
         return self._noreply()
 
-    async def handle_call(self, request: Any, from_: From) -> Any:
+    def handle_call(self, request: Any, from_: From) -> Any:
         cls = type(request)
         if from_.node != self.self_id.node and cls is not AddOnRight:
             # Only a join crosses nodes: the owner's requests come from
@@ -384,11 +386,11 @@ class MemberActor(Actor):
             return self._noreply()
         if cls is ConfirmRequest:
             wire = request.msg if request.packed is None else request.packed
-            return self._after(await self._drive(ConfirmedBroadcast(request.msg, wire, from_)))
+            return self._after_now(self._drive_now(ConfirmedBroadcast(request.msg, wire, from_)))
         if cls is AddOnRight:
-            return self._after(await self._drive(JoinRequest(request.new_member, from_)))
+            return self._after_now(self._drive_now(JoinRequest(request.new_member, from_)))
         if cls is ReadyRequest:
-            return self._after(await self._drive(AwaitReady(from_)))
+            return self._after_now(self._drive_now(AwaitReady(from_)))
         if cls is InfoRequest:
             return self._reply(self.info())
         if cls is MembersRequest:
