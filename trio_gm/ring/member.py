@@ -194,6 +194,11 @@ _TICK: Final = Tick()
 _IDLE: Final = Idle()
 _LEAVE: Final = Stop("normal")
 _RING_MESSAGES: Final = (Activity, Catchup, CheckNeighbours)
+#: Effects carried out with no await (besides a ``Send`` that is not cut and
+#: a ``Deliver`` to plain callbacks).
+_PLAIN_EFFECTS: Final = frozenset(
+    {ReplyTo, Monitor, Demonitor, CheckMembership, StopMember, Rejoin}
+)
 
 
 class MemberActor(Actor):
@@ -545,8 +550,10 @@ class MemberActor(Actor):
                 core.handle(_TICK, trio.current_time())
             elif cls is StopMember:
                 stop = effect
-            else:  # one that needs no await: as _perform does it
+            elif cls in _PLAIN_EFFECTS:  # one that needs no await: as _perform does it
                 self._perform([effect], now)
+            else:  # pragma: no cover - every effect is listed above
+                raise AssertionError(f"unknown effect {effect!r}")
         # What the answers brought (an answer is always to the last effect).
         more = self._perform(core.effects(), now)
         if type(more) is CoroutineType:
