@@ -190,20 +190,24 @@ class Member:
         # The hot path of a sender: kept to the checks and a list append.
         if size_hint.__class__ is not int or size_hint < 0:
             _check_size_hint(size_hint)
-        packed = (
-            None if self._codec is None else self._codec.pack(msg, max_size=self._max_message_size)
+        wire = (
+            msg if self._codec is None else self._codec.pack(msg, max_size=self._max_message_size)
         )
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._mailbox.closed:
+            self._check_alive()
         actor = self._actor
         core = actor.core
-        if core.in_flight >= actor.max_in_flight and not self._in_own_callback():
-            await self._wait_for_room()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._mailbox.closed:
-                self._check_alive()
         if core.shutting_down is not None:
             self._refuse_if_shutting_down()
-        if core.offer(msg, msg if packed is None else packed, size_hint):
+        taken = core.offer_within(actor.max_in_flight, msg, wire, size_hint)
+        if taken < 0:  # no room under max_in_flight
+            if not self._in_own_callback():
+                await self._wait_for_room()
+                if core.shutting_down is not None:
+                    self._refuse_if_shutting_down()
+            taken = core.offer(msg, wire, size_hint)
+        if taken:
             actor.wake()
 
     async def confirmed_broadcast(self, msg: Any) -> None:

@@ -587,6 +587,25 @@ def test_own_messages_go_round_and_are_acknowledged() -> None:
     assert not r.cores[B].has_pending()
 
 
+def test_offer_within_takes_a_broadcast_only_under_the_limit_of_messages_in_flight() -> None:
+    r = live_pair()
+    a = r.cores[A]
+    assert a.offer_within(2, "m0", "m0", 0) == 1  # taken; the first asks for a TakeBroadcasts
+    assert a.offer_within(2, "m1", "m1", 0) == 0  # taken, riding along
+    assert a.offer_within(2, "m2", "m2", 0) == -1  # two in flight: not taken
+    assert a.in_flight == 2
+    r.feed(A, TakeBroadcasts())
+    r.feed(A, Idle())
+    assert a.offer_within(2, "m2", "m2", 0) == -1  # sent, not yet acknowledged
+    r.deliver()
+    assert a.in_flight == 0
+    assert a.offer_within(2, "m2", "m2", 0) == 1
+    r.feed(A, TakeBroadcasts())
+    r.feed(A, Idle())
+    r.deliver()
+    assert r.delivered[B] == [(A, "m0"), (A, "m1"), (A, "m2")]
+
+
 def test_a_confirmed_broadcast_is_answered_once_acknowledged() -> None:
     r = live_pair()
     r.feed(A, ConfirmedBroadcast("c", "c", "confirm call"))

@@ -627,6 +627,16 @@ class RingCore:
         incoming.append((msg, wire, size_hint))
         return len(incoming) == 1
 
+    def offer_within(self, limit: int, msg: Any, wire: Any, size_hint: int) -> int:
+        """:meth:`offer` if fewer than ``limit`` own messages are in flight
+        (:attr:`in_flight`): 1 if a :class:`TakeBroadcasts` must follow, 0 if
+        not; -1, not taken, at the limit. (The owner's hot path: one call.)"""
+        incoming = self.incoming
+        if len(incoming) + self.pub_count - self.acked_through >= limit:
+            return -1
+        incoming.append((msg, wire, size_hint))
+        return 1 if len(incoming) == 1 else 0
+
     def effects(self) -> list[Effect]:
         """What to do, in order; an effect needing an answer comes last."""
         effects = self._effects
