@@ -97,6 +97,8 @@ def test_bench_with_one_process_per_member() -> None:
             isinstance(growth, float | int) for growth in figures["rss_growth_per_process_kib"]
         )
     assert all(count > 0 for count in figures["delivered_per_process"])
+    assert len(figures["frames_in_per_s"]) == 2
+    assert all(rate >= 0 for rate in figures["frames_in_per_s"] + figures["bytes_in_per_s"])
 
 
 def assert_one_line_failure(

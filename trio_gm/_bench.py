@@ -51,6 +51,10 @@ class BenchResult:
     #: With ``processes``: messages each member process delivered in the
     #: whole run (ramp-up and latency samples included), for the growth above.
     delivered_per_process: list[int] | None = None
+    #: With ``processes``: frames and bytes each member process received per
+    #: second during the flood (deliveries per frame: ``received_per_s`` over these).
+    frames_in_per_s: list[float | None] | None = None
+    bytes_in_per_s: list[float | None] | None = None
 
 
 class CountingMember:

@@ -91,7 +91,7 @@ from .testing.soak import (
     print_report,
     run_soak,
 )
-from .transport.tcp import split_address
+from .transport.tcp import TransportStatistics, split_address
 
 log = logging.getLogger("trio_gm.cli")
 
@@ -732,6 +732,14 @@ async def _bench_processes(args: argparse.Namespace) -> BenchResult:
             for r in results
         ],
         delivered_per_process=[r["delivered_total"] for r in results],
+        frames_in_per_s=[
+            None if r.get("frames_in") is None else round(r["frames_in"] / r["elapsed"])
+            for r in results
+        ],
+        bytes_in_per_s=[
+            None if r.get("bytes_in") is None else round(r["bytes_in"] / r["elapsed"])
+            for r in results
+        ],
     )
 
 
@@ -751,6 +759,14 @@ async def _read_json(process: trio.Process) -> dict[str, Any]:
             line += chunk
     result: dict[str, Any] = json.loads(line)
     return result
+
+
+def _wire_delta(
+    before: TransportStatistics | None, after: TransportStatistics | None, field: str
+) -> int | None:
+    if before is None or after is None:
+        return None
+    return int(getattr(after, field) - getattr(before, field))
 
 
 async def _bench_worker(args: argparse.Namespace) -> int:
@@ -780,9 +796,11 @@ async def _bench_worker(args: argparse.Namespace) -> int:
                         nursery.start_soon(send)
                     await trio.sleep(0.5)
                     base, start = counter.delivered, time.perf_counter()
+                    wire_before = node.statistics()
                     await trio.sleep(args.seconds)
                     elapsed = time.perf_counter() - start
                     delivered = counter.delivered - base
+                    wire_after = node.statistics()
                     stop.set()
                 latencies = (
                     await confirmed_latencies(member, args.confirms) if args.confirms else {}
@@ -795,6 +813,8 @@ async def _bench_worker(args: argparse.Namespace) -> int:
                             "sent": sent[0],
                             "confirmed_us": latencies,
                             "delivered_total": counter.delivered,
+                            "frames_in": _wire_delta(wire_before, wire_after, "frames_in"),
+                            "bytes_in": _wire_delta(wire_before, wire_after, "bytes_in"),
                             "rss_before_kib": rss_before,
                             "rss_kib": rss_kib(),
                             "peak_rss_before_kib": peak_before,
