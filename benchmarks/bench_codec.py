@@ -15,6 +15,11 @@ a dict, a registered attrs class), in one group:
 
 Each reports ``extra_info["messages"]``: divide the mean by it for the
 cost of one message.
+
+And in the group ``codec, one small frame``, what an idle hop pays (one
+confirmed broadcast at a time): one activity frame carrying one small int
+encoded and decoded, beside raw msgpack of the same shape (the ids as
+``[node, serial]`` lists).
 """
 
 from __future__ import annotations
@@ -100,3 +105,28 @@ def test_bench_raw_msgpack(benchmark: Any, kind: str) -> None:
     msgs = [KINDS[kind](i) for i in range(ENTRIES * PER_ENTRY)]
     benchmark.extra_info["messages"] = len(msgs)
     benchmark(lambda: msgpack.unpackb(msgpack.packb(msgs)))
+
+
+def _small_frame() -> Send:
+    here, there = ActorId("127.0.0.1:38877#a590208c", 1), ActorId("127.0.0.1:34311#9f00b433", 1)
+    entry = ActivityEntry(here, first=113712, pubs=(1262,), acks=0, ack_last=-1)
+    return Send(here, False, Activity(2, there, (entry,)))
+
+
+def test_bench_codec_small_frame(benchmark: Any) -> None:
+    benchmark.group = "codec, one small frame"
+    codec = _codec()
+    frame = _small_frame()
+    encode, decode = codec.encode, codec.decode
+    assert decode(encode(frame)) == frame
+    benchmark.extra_info["bytes"] = len(encode(frame))
+    benchmark(lambda: decode(encode(frame)))
+
+
+def test_bench_raw_msgpack_small_frame(benchmark: Any) -> None:
+    benchmark.group = "codec, one small frame"
+    frame = _small_frame()
+    here, there = [frame.to.node, 1], [frame.msg.sender.node, 1]
+    shape = [here, False, [2, there, [[here, 113712, [1262], 0, -1]]]]
+    benchmark.extra_info["bytes"] = len(msgpack.packb(shape))
+    benchmark(lambda: msgpack.unpackb(msgpack.packb(shape)))

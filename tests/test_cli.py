@@ -83,6 +83,22 @@ def test_bench_with_one_process_per_member() -> None:
     figures = json.loads(result.stdout)
     assert figures["processes"] is True
     assert figures["delivered_to_all_per_s"] > 0
+    # Memory per member process: present and plausible (no bound on its size:
+    # a figure, not a timing or a limit).
+    memory = figures["memory_per_member_kib"]
+    assert isinstance(memory, float | int)
+    assert 0 <= memory < 10 * 1024 * 1024
+    assert len(figures["rss_per_process_kib"]) == 2
+    assert len(figures["rss_growth_per_process_kib"]) == 2
+    assert len(figures["delivered_per_process"]) == 2
+    if sys.platform == "linux":
+        assert all(0 < rss < 10 * 1024 * 1024 for rss in figures["rss_per_process_kib"])
+        assert all(
+            isinstance(growth, float | int) for growth in figures["rss_growth_per_process_kib"]
+        )
+    assert all(count > 0 for count in figures["delivered_per_process"])
+    assert len(figures["frames_in_per_s"]) == 2
+    assert all(rate >= 0 for rate in figures["frames_in_per_s"] + figures["bytes_in_per_s"])
 
 
 def assert_one_line_failure(

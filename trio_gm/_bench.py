@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import resource
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -36,8 +37,24 @@ class BenchResult:
     received_per_s: list[float]
     #: Idle confirmed_broadcast latency percentiles, microseconds.
     confirmed_us: dict[str, float]
-    #: Peak resident memory growth per member, KiB (in-process runs only).
+    #: Peak resident memory growth per member, KiB: in one process, the
+    #: process's growth divided by the members; with ``processes``, the mean
+    #: growth of the member processes' peak RSS from just before the flood
+    #: to the end of the run.
     memory_per_member_kib: float | None
+    #: With ``processes``: each member process's resident memory (VmRSS) at
+    #: the end of the run, KiB (``None`` where the system does not say).
+    rss_per_process_kib: list[float | None] | None = None
+    #: With ``processes``: each member process's VmRSS at the end of the run
+    #: less its VmRSS just before the flood, KiB (may be negative).
+    rss_growth_per_process_kib: list[float | None] | None = None
+    #: With ``processes``: messages each member process delivered in the
+    #: whole run (ramp-up and latency samples included), for the growth above.
+    delivered_per_process: list[int] | None = None
+    #: With ``processes``: frames and bytes each member process received per
+    #: second during the flood (deliveries per frame: ``received_per_s`` over these).
+    frames_in_per_s: list[float | None] | None = None
+    bytes_in_per_s: list[float | None] | None = None
 
 
 class CountingMember:
@@ -82,6 +99,32 @@ async def confirmed_latencies(member: Member, count: int) -> dict[str, float]:
     return percentiles(samples)
 
 
+def _status_kib(field: str) -> float | None:
+    """A ``/proc/self/status`` memory line (``VmRSS``, ``VmHWM``) in KiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_kib() -> float | None:
+    """This process's resident memory now, KiB (``None`` where unknown)."""
+    return _status_kib("VmRSS")
+
+
+def peak_rss_kib() -> float:
+    """This process's peak resident memory, KiB."""
+    peak = _status_kib("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 1024 if sys.platform == "darwin" else float(maxrss)  # bytes on macOS
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     if not samples:
         return {}
@@ -108,7 +151,7 @@ async def bench_in_process(
     group: str = "bench",
 ) -> BenchResult:
     """Flood a group of ``members`` in this process for ``seconds``."""
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = peak_rss_kib()
     counters = [CountingMember() for _ in range(members)]
     joined: list[Member] = []
     all_joined, go, stop, done = trio.Event(), trio.Event(), trio.Event(), trio.Event()
@@ -139,7 +182,7 @@ async def bench_in_process(
         stop.set()
         latencies = await confirmed_latencies(joined[0], confirms)
         done.set()
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after = peak_rss_kib()
     received = [count / elapsed for count in counts]
     return BenchResult(
         members=members,

@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,9 @@ from ._bench import (
     bench_in_process,
     confirmed_latencies,
     flood,
+    peak_rss_kib,
     percentiles,
+    rss_kib,
 )
 from ._cookie import load_cookie
 from .store import DEFAULT_OUTAGE_TIMEOUT, Group, check_group_name
@@ -88,7 +91,7 @@ from .testing.soak import (
     print_report,
     run_soak,
 )
-from .transport.tcp import split_address
+from .transport.tcp import TransportStatistics, split_address
 
 log = logging.getLogger("trio_gm.cli")
 
@@ -658,6 +661,17 @@ async def _bench(args: argparse.Namespace) -> int:
             print(
                 f"  memory per member:  {result.memory_per_member_kib:,.0f} KiB (peak RSS growth)"
             )
+        if result.rss_per_process_kib is not None and result.rss_growth_per_process_kib:
+            print(
+                "  RSS per process:    "
+                + ", ".join(
+                    "?" if rss is None or growth is None else f"{rss:,.0f} KiB ({growth:+,.0f})"
+                    for rss, growth in zip(
+                        result.rss_per_process_kib, result.rss_growth_per_process_kib, strict=True
+                    )
+                )
+                + " (at the end, and its growth since the flood began)"
+            )
     return 0
 
 
@@ -706,7 +720,26 @@ async def _bench_processes(args: argparse.Namespace) -> BenchResult:
         sent_per_s=round(sum(r["sent"] for r in results) / elapsed),
         received_per_s=[round(r) for r in received],
         confirmed_us=results[0]["confirmed_us"],
-        memory_per_member_kib=None,
+        memory_per_member_kib=round(
+            statistics.fmean(
+                max(0.0, r["peak_rss_kib"] - r["peak_rss_before_kib"]) for r in results
+            ),
+            1,
+        ),
+        rss_per_process_kib=[r["rss_kib"] for r in results],
+        rss_growth_per_process_kib=[
+            None if r["rss_kib"] is None else round(r["rss_kib"] - r["rss_before_kib"], 1)
+            for r in results
+        ],
+        delivered_per_process=[r["delivered_total"] for r in results],
+        frames_in_per_s=[
+            None if r.get("frames_in") is None else round(r["frames_in"] / r["elapsed"])
+            for r in results
+        ],
+        bytes_in_per_s=[
+            None if r.get("bytes_in") is None else round(r["bytes_in"] / r["elapsed"])
+            for r in results
+        ],
     )
 
 
@@ -728,6 +761,14 @@ async def _read_json(process: trio.Process) -> dict[str, Any]:
     return result
 
 
+def _wire_delta(
+    before: TransportStatistics | None, after: TransportStatistics | None, field: str
+) -> int | None:
+    if before is None or after is None:
+        return None
+    return int(getattr(after, field) - getattr(before, field))
+
+
 async def _bench_worker(args: argparse.Namespace) -> int:
     # Ctrl-C in a terminal reaches every process of its group: the parent
     # bench takes it and ends its workers, which need not report it too.
@@ -743,6 +784,7 @@ async def _bench_worker(args: argparse.Namespace) -> int:
             async with node.open_member("bench", counter) as member:
                 print(json.dumps({"event": "joined"}), flush=True)
                 assert await stdin.receive_some(3) == b"go\n"
+                rss_before, peak_before = rss_kib(), peak_rss_kib()
                 stop = trio.Event()
                 sent = [0]
 
@@ -754,9 +796,11 @@ async def _bench_worker(args: argparse.Namespace) -> int:
                         nursery.start_soon(send)
                     await trio.sleep(0.5)
                     base, start = counter.delivered, time.perf_counter()
+                    wire_before = node.statistics()
                     await trio.sleep(args.seconds)
                     elapsed = time.perf_counter() - start
                     delivered = counter.delivered - base
+                    wire_after = node.statistics()
                     stop.set()
                 latencies = (
                     await confirmed_latencies(member, args.confirms) if args.confirms else {}
@@ -768,6 +812,13 @@ async def _bench_worker(args: argparse.Namespace) -> int:
                             "elapsed": elapsed,
                             "sent": sent[0],
                             "confirmed_us": latencies,
+                            "delivered_total": counter.delivered,
+                            "frames_in": _wire_delta(wire_before, wire_after, "frames_in"),
+                            "bytes_in": _wire_delta(wire_before, wire_after, "bytes_in"),
+                            "rss_before_kib": rss_before,
+                            "rss_kib": rss_kib(),
+                            "peak_rss_before_kib": peak_before,
+                            "peak_rss_kib": peak_rss_kib(),
                         }
                     ),
                     flush=True,

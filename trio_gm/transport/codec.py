@@ -19,7 +19,12 @@ hop; a plain message (a number, None, a bool, a short str or bytes: see
 ``trio_gm._packed``) travels as itself, which msgpack writes again at each
 hop for less than keeping its bytes costs.
 
-The wire form. A tuple, an internal value or a user value is a msgpack
+The wire form. An :class:`~trio_gm.ActorId` (in every frame, several times)
+is one extension holding the array ``[node, serial]``: both sides keep the
+ids they have seen by their bytes, so a known id costs a dict lookup each
+way (its first decoding is checked as any internal value's fields are; an
+id in the internal-class form below is accepted too). A tuple, an internal
+value or a user value is a msgpack
 array whose first item is a *marker* (a 1- or 2-byte extension value): the
 tuple marker then the items; an internal class's marker (carrying its tag)
 then its fields in declaration order (the field order is the wire format);
@@ -58,6 +63,14 @@ EXT_MARK: Final = 1
 #: A run of packed messages (a field declared ``PACKED``): their lengths,
 #: then their bytes, end to end.
 EXT_PACKED_RUN: Final = 5
+#: An :class:`~trio_gm.ActorId`: the msgpack array ``[node, serial]``.
+EXT_ID: Final = 6
+#: Ids each side keeps by their bytes (the encoder by id, the decoder by
+#: bytes), up to this many; the cache starts afresh when full.
+_ID_CACHE: Final = 4096
+#: An id whose bytes are longer than this is decoded and not kept (a node
+#: name is at most 255 characters: see ``handshake.MAX_NAME_LENGTH``).
+_ID_CACHE_BYTES: Final = 300
 
 _MARK_TUPLE: Final = 0
 _MARK_INTERNAL: Final = 1
@@ -192,6 +205,10 @@ class Codec:
         self._user_mark = _ext(EXT_MARK, bytes([_MARK_USER]))
         for cls in (ActorId, *internal):
             self._add_internal(cls)
+        #: Encoded ids by id, and decoded ids by their bytes (``EXT_ID``).
+        self._id_exts: dict[ActorId, Any] = {}
+        self._ids: dict[bytes, ActorId] = {}
+        self._id_validator = self._internal_validators[self._internal_tags[ActorId]]
         self._default_hook: Callable[[Any], Any] = self._default
         self._ext_hook_ref: Callable[[int, bytes], Any] = self._ext_hook
         self._list_hook_ref: Callable[[list[Any]], Any] = self._list_hook
@@ -257,6 +274,14 @@ class Codec:
         cls = type(value)
         if cls is tuple:
             return [self._tuple_mark, *value]
+        if cls is ActorId:
+            try:
+                ext = self._id_exts.get(value)
+                if ext is None:
+                    ext = self._id_ext(value)
+                return ext
+            except Exception:
+                pass  # not a well-made id (a test's raw frame): the general form below
         encoder = self._encoders.get(cls)
         if encoder is not None:
             mark, getter, count, packed = encoder
@@ -283,6 +308,15 @@ class Codec:
         if user_tag is not None:
             return [self._user_mark, user_tag, self.converter.unstructure(value)]
         raise TypeError(_unsendable(cls))
+
+    def _id_ext(self, value: ActorId) -> Any:
+        data = self._aux_packer.pack([value.node, value.serial])
+        ext = _ext(EXT_ID, data)
+        if len(data) <= _ID_CACHE_BYTES:
+            if len(self._id_exts) >= _ID_CACHE:
+                self._id_exts.clear()
+            self._id_exts[value] = ext
+        return ext
 
     def _run_ext(self, run: Any, kinds: set[type]) -> Any:
         """The extension of a run of packed messages: lengths, then bytes.
@@ -442,6 +476,11 @@ class Codec:
     # -- decoding -----------------------------------------------------------
 
     def _ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_ID:
+            known = self._ids.get(data)
+            if known is not None:
+                return known
+            return self._decode_id(data)
         if code == EXT_MARK:
             mark = self._marks.get(data)
             if mark is None:
@@ -498,6 +537,25 @@ class Codec:
             return self.converter.structure(items[2], user_cls)
         except Exception as exc:
             raise CodecError(f"bad {items[1]}: {exc}") from exc
+
+    def _decode_id(self, data: bytes) -> ActorId:
+        # Plain msgpack, no hooks: an id holds no markers, runs or ids.
+        items = msgpack.unpackb(data, raw=False, use_list=True)
+        if type(items) is not list or len(items) != 2:
+            raise CodecError("an id must be [node, serial]")
+        fields = [None, *items]
+        checker = self._id_validator
+        if not checker.check(fields):
+            raise CodecError(checker.explain(fields))
+        try:
+            value = ActorId(*items)
+        except (TypeError, ValueError) as exc:
+            raise CodecError(f"bad ActorId: {exc}") from exc
+        if len(data) <= _ID_CACHE_BYTES:
+            if len(self._ids) >= _ID_CACHE:
+                self._ids.clear()
+            self._ids[data] = value
+        return value
 
     def _decode_run(self, data: bytes) -> tuple[Any, ...]:
         # [lengths, message, message, ...]: the messages' bytes are the end
