@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from trio_gm.actor import Actor, ActorContext, ActorNode
+from trio_gm.actor._mailbox import EMPTY, Mailbox
 
 MESSAGES = 100_000
 CHUNK = 1_000
@@ -154,3 +155,41 @@ def test_bench_channel_ring(benchmark: Any) -> None:
 @pytest.mark.benchmark(group="ring of 5, batches of 100 (400k items)")
 def test_bench_actor_ring(benchmark: Any) -> None:
     benchmark.pedantic(trio.run, args=(_actor_ring,), rounds=10)
+
+
+#: One token round a ring of 3, one hop at a time: the trio floor of a hop.
+TOKEN_RING = 3
+TOKEN_HOPS = 30_000
+
+
+async def _mailbox_token_ring() -> None:
+    """A token passed round ``TOKEN_RING`` tasks through bare ``Mailbox``es
+    (``pop``, ``wait_nonempty``, ``send_nowait``): what one idle hop costs
+    in trio before any actor or gm work (divide the mean by TOKEN_HOPS)."""
+    boxes = [Mailbox() for _ in range(TOKEN_RING)]
+    done = trio.Event()
+
+    async def task(i: int) -> None:
+        box, right = boxes[i], boxes[(i + 1) % TOKEN_RING]
+        while True:
+            hops = box.pop()
+            if hops is EMPTY:
+                await box.wait_nonempty()
+                continue
+            if hops >= TOKEN_HOPS:
+                done.set()
+                return
+            right.send_nowait(hops + 1)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(TOKEN_RING):
+            nursery.start_soon(task, i)
+        boxes[0].send_nowait(0)
+        await done.wait()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.benchmark(group="one token round a ring of 3 (30k hops)")
+def test_bench_mailbox_token_ring(benchmark: Any) -> None:
+    benchmark.extra_info["hops"] = TOKEN_HOPS
+    benchmark.pedantic(trio.run, args=(_mailbox_token_ring,), rounds=5)
