@@ -480,7 +480,10 @@ async def test_member_says_when_the_store_goes_away_and_comes_back(
         assert away["timeout"] == 30
         await private_postgres.start_async()
         back = await a.expect(lambda e: e["event"] == "store_back")
-        assert back["after"] > 0
+        # Seconds away, rounded to 0.1 s: from the first failed attempt, which
+        # can come just before the restart (so 0.0 is a possible value).
+        assert isinstance(back["after"], float)
+        assert back["after"] >= 0
         await b.command("quit")
         await a.command("quit")
         for proc in (a, b):
