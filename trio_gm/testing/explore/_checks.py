@@ -6,7 +6,7 @@ append one line per violation to ``harness.violations``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 from ..._ids import MemberId
@@ -22,14 +22,105 @@ PUB: Final = "publication"
 ACK: Final = "acknowledgement"
 
 
+#: What of a member the well-formedness check reads, apart from messages:
+#: its right and view version, and per publisher (first, pending count,
+#: last publication). None: stopped, no members state yet, or replaying
+#: held messages (then anything may change: the checks recheck everything).
+Signature = tuple[MemberId, int, dict[MemberId, tuple[int, int, int]]] | None
+
+
+def signature(slot: Slot) -> Signature:
+    """What of ``slot`` :func:`changed` compares (see :data:`Signature`)."""
+    core = slot.core
+    state = core.members_state
+    if slot.stopped or state is None or core.replaying:
+        return None
+    return (
+        core.right[0],
+        core.view.version,
+        {p: (ps.first, len(ps.pending), ps.last_pub) for p, ps in state.items()},
+    )
+
+
+#: Run the straightforward well-formedness check too after every step and
+#: insist that it finds what the fast one does (the tests set it).
+CROSS_CHECK = False
+
+
 def check_step(h: Harness) -> None:
     """Invariants that hold between any two steps."""
+    _views_move_forward(h)
+    _inherited_once(h)
+    only = changed(h)
+    if CROSS_CHECK:
+        _clear_caches(h)
+        expected: list[str] = []
+        _well_formed(h, None, expected.append)
+        _clear_caches(h)
+        found: list[str] = []
+        if only is None or only:
+            _well_formed(h, only, found.append)
+        if found != expected:
+            raise AssertionError(
+                f"the fast check found {found}, the straightforward one {expected}"
+                + (f" (rechecking {sorted(map(h.name, only))})" if only is not None else "")
+            )
+        for what in found:
+            h.violation(what)
+        return
+    if only is None or only:
+        _clear_caches(h)
+        _well_formed(h, only, h.violation)
+
+
+def _clear_caches(h: Harness) -> None:
     h.transit_cache = {}
     h.covered_cache = {}
     h.path_cache = {}
-    _views_move_forward(h)
-    _inherited_once(h)
-    _well_formed(h)
+
+
+def changed(h: Harness) -> set[MemberId] | None:
+    """The publishers whose well-formedness may have changed since the last check.
+
+    None: any of them (the stored ring, the running members or a cut
+    changed, or a member handed an event had or has no members state, or
+    replays held messages, or its right or view changed).
+
+    Otherwise each publisher whose state changed at a member handed an
+    event (the harness remembers its :func:`signature` before),
+    or which an activity that joined or left what travels names (the
+    harness records it, :meth:`~._harness.Harness.moved`). For any other
+    publisher ``P``, everything :func:`_well_formed` reads about it is as
+    at the last check, which found it well formed: the ring (stored ring,
+    running members, cuts), each member's right, view version, whether it
+    has a state and its ``first``, pending count and ``last_pub`` for P,
+    and every hop's waiting messages as far as they concern P (activity
+    entries of P, catch-ups; an entry of another publisher is never
+    looked at for P, and a catch-up makes everything change). So it is
+    well formed still, and is not looked at again.
+    """
+    dirty = h.dirty
+    key = (h.group, len(h.cut), len(h.slots))
+    last = h.checked
+    if last is None or last[0] is not key[0] or last[1:] != key[1:]:
+        dirty = None
+    if dirty is not None:
+        for slot, before in h.touched.values():
+            after = signature(slot)
+            if before is None or after is None or before[:2] != after[:2]:
+                dirty = None
+                break
+            was, now = before[2], after[2]
+            if was.keys() != now.keys():
+                dirty = None
+                break
+            for publisher, entry in now.items():
+                if was[publisher] != entry:
+                    dirty.add(publisher)
+    h.touched.clear()
+    h.dirty = set()
+    h.checked = key
+    return dirty
 
 
 def _views_move_forward(h: Harness) -> None:
@@ -267,8 +358,11 @@ def _heir(h: Harness, publisher: MemberId, running: dict[MemberId, Slot]) -> Mem
     return None
 
 
-def _well_formed(h: Harness) -> None:
-    """Each pending entry has its publication or its acknowledgement in flight."""
+def _well_formed(h: Harness, only: set[MemberId] | None, report: Callable[[str], None]) -> None:
+    """Each pending entry has its publication or its acknowledgement in flight.
+
+    Only for the publishers in ``only`` (None: all of them).
+    """
     group = h.group
     if group is None:
         return
@@ -285,7 +379,7 @@ def _well_formed(h: Harness) -> None:
         if state is None:
             continue
         for publisher, ps in state.items():
-            if not ps.pending:
+            if not ps.pending or (only is not None and publisher not in only):
                 continue
             if publisher in heirs:
                 heir = heirs[publisher]
@@ -297,7 +391,7 @@ def _well_formed(h: Harness) -> None:
                     # when it adopts a newer one (the end checks hold it to
                     # that), and what retires the entries may still come.
                     continue
-                h.violation(
+                report(
                     f"{slot.label} holds pending publications {ps.first}.."
                     f"{ps.pending_last} of {h.name(publisher)}, which is erased from the ring"
                 )
@@ -306,7 +400,7 @@ def _well_formed(h: Harness) -> None:
             if n is not None:
                 broken = _entry_in_flight(h, ring, running, m, publisher, heir, n)
                 assert broken is not None
-                h.violation(
+                report(
                     f"{slot.label}'s pending publication {n} of {h.name(publisher)} "
                     f"(spoken for by {h.name(heir)}): {broken}"
                 )
