@@ -314,6 +314,16 @@ class Harness:
         self.path_cache: dict[tuple[MemberId, MemberId], list[MemberId]] = {}
         #: The stored group whose inheritance was last checked.
         self.heirs_checked: Group | None = None
+        #: The stored group, its alive ids and all its ids (``_checks._ring_of``).
+        self.group_info: (
+            tuple[Group, frozenset[MemberId], tuple[MemberId, ...], tuple[MemberId, ...]] | None
+        ) = None
+        #: Per stored group: the senders a hop's messages may come from.
+        self.senders_cache: dict[tuple[int, int], frozenset[MemberId]] = {}
+        #: ``_checks._running_ring``'s, keyed by (group, members, stops).
+        self.ring_cache: Any = None
+        #: Members stopped so far.
+        self.stops = 0
         #: The initial members were started and settled (:meth:`settle`).
         self.settled = False
         #: What changed since the last check, for ``_checks.changed``: the
@@ -717,6 +727,7 @@ class Harness:
         """The member ends: its calls fail, its watchers get DOWNs after what it sent."""
         slot.stopped = True
         slot.stop_reason = reason
+        self.stops += 1
         self.dirty = None
         if not slot.killed:
             slot.terminated = "normal" if slot.leaving else reason
