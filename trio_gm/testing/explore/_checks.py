@@ -23,10 +23,13 @@ ACK: Final = "acknowledgement"
 
 
 #: What of a member the well-formedness check reads, apart from messages:
-#: its right and view version, and per publisher (first, pending count,
-#: last publication). None: stopped, no members state yet, or replaying
-#: held messages (then anything may change: the checks recheck everything).
-Signature = tuple[MemberId, int, dict[MemberId, tuple[int, int, int]]] | None
+#: its right and view version, its publishers (in its state's order) and
+#: for each (first, pending count, last publication). None: stopped, no
+#: members state yet, or replaying held messages (then anything may
+#: change: the checks recheck everything).
+Signature = (
+    tuple[MemberId, int, tuple[MemberId, ...], tuple[tuple[int, int, int], ...]] | None
+)
 
 
 def signature(slot: Slot) -> Signature:
@@ -38,7 +41,8 @@ def signature(slot: Slot) -> Signature:
     return (
         core.right[0],
         core.view.version,
-        {p: (ps.first, len(ps.pending), ps.last_pub) for p, ps in state.items()},
+        tuple(state),
+        tuple([(ps.first, len(ps.pending), ps.last_pub) for ps in state.values()]),
     )
 
 
@@ -49,9 +53,17 @@ CROSS_CHECK = False
 
 def check_step(h: Harness) -> None:
     """Invariants that hold between any two steps."""
-    _views_move_forward(h)
-    _inherited_once(h)
+    handled = bool(h.touched)
     only = changed(h)
+    if CROSS_CHECK:
+        _check_quiet(h, only is None or handled)
+    if only is None or handled or CROSS_CHECK:
+        # (Otherwise no member handled anything since the last check, and the
+        # stored ring, the members and the cuts are the same: what these two
+        # read (stops, phases, views, the stored ring) is as it was, and it
+        # passed then.)
+        _views_move_forward(h)
+        _inherited_once(h)
     if not CROSS_CHECK:
         if only is None or only:
             _check_well_formed(h, only, h.violation)
@@ -69,6 +81,21 @@ def check_step(h: Harness) -> None:
         )
     for what in found:
         h.violation(what)
+
+
+def _check_quiet(h: Harness, moved: bool) -> None:
+    """With ``CROSS_CHECK``: when :func:`check_step` would skip the view and
+    inheritance checks (``moved`` false), nothing they read changed."""
+    now = [(s.stopped, s.core.phase, s.core.view) for s in h.slots]
+    last = h.quiet_seen
+    h.quiet_seen = (h.group, now)
+    if moved or last is None:
+        return
+    if last[0] is not h.group or len(last[1]) != len(now):
+        raise AssertionError("the stored ring or the members changed in a quiet step")
+    for slot, (was, is_) in zip(h.slots, zip(last[1], now, strict=True), strict=False):
+        if was[0] != is_[0] or was[1] is not is_[1] or was[2] is not is_[2]:
+            raise AssertionError(f"{slot.label} changed in a quiet step")
 
 
 def _check_well_formed(
@@ -102,8 +129,10 @@ def changed(h: Harness) -> set[MemberId] | None:
 
     Otherwise each publisher whose state changed at a member handed an
     event (the harness remembers its :func:`signature` before),
-    or which an activity that joined or left what travels names (the
-    harness records it, :meth:`~._harness.Harness.moved`). For any other
+    or which an activity that left what travels (or moved within it where
+    the order matters) names (the harness records it,
+    :meth:`~._harness.Harness.moved`; a message that joins only adds to what
+    a hop carries, which cannot break what was well formed). For any other
     publisher ``P``, everything :func:`_well_formed` reads about it is as
     at the last check, which found it well formed: the ring (stored ring,
     running members, cuts), each member's right, view version, whether it
@@ -121,15 +150,13 @@ def changed(h: Harness) -> set[MemberId] | None:
     if dirty is not None:
         for slot, before in h.touched.values():
             after = signature(slot)
-            if before is None or after is None or before[:2] != after[:2]:
+            if before == after:
+                continue
+            if before is None or after is None or before[:3] != after[:3]:
                 dirty = None
                 break
-            was, now = before[2], after[2]
-            if was.keys() != now.keys():
-                dirty = None
-                break
-            for publisher, entry in now.items():
-                if was[publisher] != entry:
+            for publisher, was, now in zip(after[2], before[3], after[3], strict=True):
+                if was != now:
                     dirty.add(publisher)
     h.touched.clear()
     h.dirty = set()

@@ -322,6 +322,8 @@ class Harness:
         self.senders_cache: dict[tuple[int, int], frozenset[MemberId]] = {}
         #: ``_checks._running_ring``'s, keyed by (group, members, stops).
         self.ring_cache: Any = None
+        #: ``_checks._check_quiet``'s memory (with ``CROSS_CHECK`` only).
+        self.quiet_seen: Any = None
         #: Members stopped so far.
         self.stops = 0
         #: The initial members were started and settled (:meth:`settle`).
@@ -483,8 +485,12 @@ class Harness:
             if type(item) is _Call:
                 self._local(dst, src, _Reply(item, None, "noproc"))
             return
+        # (Not a change for the checks: a message more on its way only adds
+        # to what a hop carries, never takes away (after a catch-up it
+        # counts, and a catch-up only makes what follows it count), so a
+        # publisher well formed before still is, unless its state changed,
+        # which the member's signature shows.)
         self.links.setdefault((src, dst), deque()).append(item)
-        self.moved(item)
 
     def _local(self, src: MemberId, dst: MemberId, item: LinkItem) -> None:
         """What ``dst``'s own node tells it about ``src``: no link to cross.
@@ -900,7 +906,7 @@ class Harness:
     def _options(self, kind: str, sub: int) -> list[Any]:
         running = [s for s in self.slots if not s.stopped and not s.leaving]
         if kind == "deliver" or kind == "post":
-            return sorted(key for key, queue in self.links.items() if queue)
+            return sorted((key for key, queue in self.links.items() if queue), key=_link_order)
         if kind == "handle":
             return [
                 s
@@ -911,7 +917,7 @@ class Harness:
             counts: dict[MemberId, int] = {}
             for (_src, dst), queue in self.links.items():
                 counts[dst] = counts.get(dst, 0) + len(queue)
-            return sorted(dst for dst, count in counts.items() if count >= 2)
+            return sorted((dst for dst, count in counts.items() if count >= 2), key=_id_order)
         if kind == "transaction":
             return list(self.pending)
         if kind == "broadcast":
@@ -974,7 +980,7 @@ class Harness:
             self.run(slot, 1)
         elif kind == "deliver-all":
             dst = option
-            keys = sorted(key for key in self.links if key[1] == dst)
+            keys = sorted((key for key in self.links if key[1] == dst), key=_link_order)
             if tracing:
                 items = [
                     f"{self.name(key[0])}: {self.describe(item)}"
@@ -1086,7 +1092,7 @@ class Harness:
                     self._log(f"  {busy.label} handles its mailbox")
                 self.run(busy)
             elif self.links:
-                src, dst = min(self.links)
+                src, dst = min(self.links, key=_link_order)
                 if check and self.trace is not None:
                     item = self.links[(src, dst)][0]
                     self._log(
@@ -1157,6 +1163,17 @@ class Harness:
         if self.group is None:
             return "none"
         return " ".join(self.name(m.id) + ("(dead)" if m.dead else "") for m in self.group.members)
+
+
+def _id_order(member: MemberId) -> tuple[str, int]:
+    """The order of ids (``ActorId.__lt__``), as a key: sorting by it is the same sort."""
+    return (member.node, member.serial)
+
+
+def _link_order(link: tuple[MemberId, MemberId]) -> tuple[str, int, str, int]:
+    """The order of (src, dst) pairs of ids, as a key (the same sort, no id comparisons)."""
+    src, dst = link
+    return (src.node, src.serial, dst.node, dst.serial)
 
 
 def _own_news(msg: Activity, member: MemberId) -> bool:
