@@ -27,9 +27,7 @@ ACK: Final = "acknowledgement"
 #: for each (first, pending count, last publication). None: stopped, no
 #: members state yet, or replaying held messages (then anything may
 #: change: the checks recheck everything).
-Signature = (
-    tuple[MemberId, int, tuple[MemberId, ...], tuple[tuple[int, int, int], ...]] | None
-)
+Signature = tuple[MemberId, int, tuple[MemberId, ...], tuple[tuple[int, int, int], ...]] | None
 
 
 def signature(slot: Slot) -> Signature:
@@ -564,8 +562,8 @@ def _well_formed_fast(h: Harness, only: set[MemberId] | None) -> bool:
         state = slot.core.members_state
         if state is None:
             continue
-        for publisher, ps in state.items():
-            if not ps.pending or (only is not None and publisher not in only):
+        for publisher, ps in state.items() if only is None else ((p, state.get(p)) for p in only):
+            if ps is None or not ps.pending:
                 continue
             entry = (k, ps.first, ps.first + len(ps.pending) - 1)
             found = holders.get(publisher)
