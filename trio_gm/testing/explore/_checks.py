@@ -6,7 +6,7 @@ append one line per violation to ``harness.violations``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final
 
 from ..._ids import MemberId
@@ -22,14 +22,144 @@ PUB: Final = "publication"
 ACK: Final = "acknowledgement"
 
 
+#: What of a member the well-formedness check reads, apart from messages:
+#: its right and view version, its publishers (in its state's order) and
+#: for each (first, pending count, last publication). None: stopped, no
+#: members state yet, or replaying held messages (then anything may
+#: change: the checks recheck everything).
+Signature = tuple[MemberId, int, tuple[MemberId, ...], tuple[tuple[int, int, int], ...]] | None
+
+
+def signature(slot: Slot) -> Signature:
+    """What of ``slot`` :func:`changed` compares (see :data:`Signature`)."""
+    core = slot.core
+    state = core.members_state
+    if slot.stopped or state is None or core.replaying:
+        return None
+    return (
+        core.right[0],
+        core.view.version,
+        tuple(state),
+        tuple([(ps.first, len(ps.pending), ps.last_pub) for ps in state.values()]),
+    )
+
+
+#: Run the straightforward well-formedness check too after every step and
+#: insist that it finds what the fast one does (the tests set it).
+CROSS_CHECK = False
+
+
 def check_step(h: Harness) -> None:
     """Invariants that hold between any two steps."""
+    handled = bool(h.touched)
+    only = changed(h)
+    if CROSS_CHECK:
+        _check_quiet(h, only is None or handled)
+    if only is None or handled or CROSS_CHECK:
+        # (Otherwise no member handled anything since the last check, and the
+        # stored ring, the members and the cuts are the same: what these two
+        # read (stops, phases, views, the stored ring) is as it was, and it
+        # passed then.)
+        _views_move_forward(h)
+        _inherited_once(h)
+    if not CROSS_CHECK:
+        if only is None or only:
+            _check_well_formed(h, only, h.violation)
+        return
+    _clear_caches(h)
+    expected: list[str] = []
+    _well_formed(h, None, expected.append)
+    found: list[str] = []
+    if only is None or only:
+        _check_well_formed(h, only, found.append)
+    if found != expected:
+        raise AssertionError(
+            f"the fast check found {found}, the straightforward one {expected}"
+            + (f" (rechecking {sorted(map(h.name, only))})" if only is not None else "")
+        )
+    for what in found:
+        h.violation(what)
+
+
+def _check_quiet(h: Harness, moved: bool) -> None:
+    """With ``CROSS_CHECK``: when :func:`check_step` would skip the view and
+    inheritance checks (``moved`` false), nothing they read changed."""
+    now = [(s.stopped, s.core.phase, s.core.view) for s in h.slots]
+    last = h.quiet_seen
+    h.quiet_seen = (h.group, now)
+    if moved or last is None:
+        return
+    if last[0] is not h.group or len(last[1]) != len(now):
+        raise AssertionError("the stored ring or the members changed in a quiet step")
+    for slot, (was, is_) in zip(h.slots, zip(last[1], now, strict=True), strict=False):
+        if was[0] != is_[0] or was[1] is not is_[1] or was[2] is not is_[2]:
+            raise AssertionError(f"{slot.label} changed in a quiet step")
+
+
+def _check_well_formed(
+    h: Harness, only: set[MemberId] | None, report: Callable[[str], None]
+) -> None:
+    """:func:`_well_formed_fast`, and if it finds a break, :func:`_well_formed` says what."""
+    _clear_caches(h)
+    if _well_formed_fast(h, only):
+        return
+    _clear_caches(h)
+    broken: list[str] = []
+    _well_formed(h, only, broken.append)
+    if CROSS_CHECK and not broken:
+        raise AssertionError("the fast check finds a break the straightforward one does not")
+    for what in broken:
+        report(what)
+
+
+def _clear_caches(h: Harness) -> None:
     h.transit_cache = {}
     h.covered_cache = {}
     h.path_cache = {}
-    _views_move_forward(h)
-    _inherited_once(h)
-    _well_formed(h)
+
+
+def changed(h: Harness) -> set[MemberId] | None:
+    """The publishers whose well-formedness may have changed since the last check.
+
+    None: any of them (the stored ring, the running members or a cut
+    changed, or a member handed an event had or has no members state, or
+    replays held messages, or its right or view changed).
+
+    Otherwise each publisher whose state changed at a member handed an
+    event (the harness remembers its :func:`signature` before),
+    or which an activity that left what travels (or moved within it where
+    the order matters) names (the harness records it,
+    :meth:`~._harness.Harness.moved`; a message that joins only adds to what
+    a hop carries, which cannot break what was well formed). For any other
+    publisher ``P``, everything :func:`_well_formed` reads about it is as
+    at the last check, which found it well formed: the ring (stored ring,
+    running members, cuts), each member's right, view version, whether it
+    has a state and its ``first``, pending count and ``last_pub`` for P,
+    and every hop's waiting messages as far as they concern P (activity
+    entries of P, catch-ups; an entry of another publisher is never
+    looked at for P, and a catch-up makes everything change). So it is
+    well formed still, and is not looked at again.
+    """
+    dirty = h.dirty
+    key = (h.group, len(h.cut), len(h.slots))
+    last = h.checked
+    if last is None or last[0] is not key[0] or last[1:] != key[1:]:
+        dirty = None
+    if dirty is not None:
+        for slot, before in h.touched.values():
+            after = signature(slot)
+            if before == after:
+                continue
+            if before is None or after is None or before[:3] != after[:3]:
+                dirty = None
+                break
+            for publisher, was, now in zip(after[2], before[3], after[3], strict=True):
+                if was != now:
+                    dirty.add(publisher)
+    h.touched.clear()
+    h.dirty = set()
+    h.checked = key
+    return dirty
 
 
 def _views_move_forward(h: Harness) -> None:
@@ -46,7 +176,10 @@ def _views_move_forward(h: Harness) -> None:
 
 def _inherited_once(h: Harness) -> None:
     group = h.group
-    if group is None or not group.alive:
+    if group is None:
+        return
+    alive, _ids, dead_ids = _ring_of(h)
+    if not alive:
         return
     if group is not h.heirs_checked:
         # (A property of the stored ring alone: checked once per version.)
@@ -58,12 +191,12 @@ def _inherited_once(h: Harness) -> None:
                 h.violation(
                     f"dead {h.name(dead)} is inherited by {len(heirs)} members in the store"
                 )
-    for dead in group.dead:
+    for dead in dead_ids:
         believers = [
             slot.label
             for slot in h.slots
             if h.running(slot)
-            and group.is_alive(slot.id)  # (recorded dead, it stops once it finds out)
+            and slot.id in alive  # (recorded dead, it stops once it finds out)
             and slot.core.phase is not Phase.JOINING
             and slot.id is not None
             and slot.id in slot.core.view.members
@@ -136,7 +269,12 @@ def _in_transit(h: Harness, prev: Slot, x: Slot, kind: str, publisher: MemberId,
 
 
 def _covered(
-    h: Harness, prev: Slot, x: Slot, kind: str, publisher: MemberId
+    h: Harness,
+    prev: Slot,
+    x: Slot,
+    kind: str,
+    publisher: MemberId,
+    waiting_of: Callable[[Harness, Slot, Slot], list[Activity | Catchup] | None] | None = None,
 ) -> list[tuple[int, int]]:
     """The numbers whose ``kind`` the hop ``prev`` -> ``x`` carries, as sorted,
     merged intervals (all of them when it owes nothing): :func:`_carries` for
@@ -147,7 +285,7 @@ def _covered(
     found = cache.get(key)
     if found is not None:
         return found
-    waiting = _waiting(h, prev, x)
+    waiting = (waiting_of or _waiting)(h, prev, x)
     spans: list[tuple[int, int]] = []
     if waiting is None:
         spans.append((_NEVER, _ALWAYS))
@@ -267,8 +405,11 @@ def _heir(h: Harness, publisher: MemberId, running: dict[MemberId, Slot]) -> Mem
     return None
 
 
-def _well_formed(h: Harness) -> None:
-    """Each pending entry has its publication or its acknowledgement in flight."""
+def _well_formed(h: Harness, only: set[MemberId] | None, report: Callable[[str], None]) -> None:
+    """Each pending entry has its publication or its acknowledgement in flight.
+
+    Only for the publishers in ``only`` (None: all of them).
+    """
     group = h.group
     if group is None:
         return
@@ -285,7 +426,7 @@ def _well_formed(h: Harness) -> None:
         if state is None:
             continue
         for publisher, ps in state.items():
-            if not ps.pending:
+            if not ps.pending or (only is not None and publisher not in only):
                 continue
             if publisher in heirs:
                 heir = heirs[publisher]
@@ -297,7 +438,7 @@ def _well_formed(h: Harness) -> None:
                     # when it adopts a newer one (the end checks hold it to
                     # that), and what retires the entries may still come.
                     continue
-                h.violation(
+                report(
                     f"{slot.label} holds pending publications {ps.first}.."
                     f"{ps.pending_last} of {h.name(publisher)}, which is erased from the ring"
                 )
@@ -306,7 +447,7 @@ def _well_formed(h: Harness) -> None:
             if n is not None:
                 broken = _entry_in_flight(h, ring, running, m, publisher, heir, n)
                 assert broken is not None
-                h.violation(
+                report(
                     f"{slot.label}'s pending publication {n} of {h.name(publisher)} "
                     f"(spoken for by {h.name(heir)}): {broken}"
                 )
@@ -314,6 +455,229 @@ def _well_formed(h: Harness) -> None:
 
 _NEVER: Final = -(2**62)
 _ALWAYS: Final = 2**62
+
+
+def _ring_of(
+    h: Harness,
+) -> tuple[frozenset[MemberId], tuple[MemberId, ...], tuple[MemberId, ...]]:
+    """The stored group's alive ids, all its ids and its dead (once per stored group)."""
+    group = h.group
+    assert group is not None
+    cached = h.group_info
+    if cached is None or cached[0] is not group:
+        cached = h.group_info = (group, frozenset(group.alive), group.ids, group.dead)
+        h.senders_cache = {}
+    return cached[1], cached[2], cached[3]
+
+
+def _running_ring(h: Harness) -> tuple[list[Slot], dict[MemberId, Slot], dict[MemberId, int]]:
+    """_well_formed's ``ring`` as slots, its ``running``, and each one's place in the ring.
+
+    Once per stored group, number of members and number of stops.
+    """
+    key = (h.group, len(h.slots), h.stops)
+    cached = h.ring_cache
+    if cached is not None and cached[0][0] is key[0] and cached[0][1:] == key[1:]:
+        return cached[1], cached[2], cached[3]
+    alive, ids, _dead = _ring_of(h)
+    by_id = {s.id: s for s in h.slots if not s.stopped and s.id in alive}
+    ring = [by_id[m] for m in ids if m in by_id]
+    running = {s.id: s for s in ring}
+    position = {s.id: k for k, s in enumerate(ring)}
+    h.ring_cache = (key, ring, running, position)
+    return ring, running, position
+
+
+def _waiting_fast(h: Harness, prev: Slot, x: Slot) -> list[Activity | Catchup] | None:
+    """:func:`_waiting` as a multiset, which is all :func:`_covered` needs.
+
+    When ``x`` has its members state every message counts and the order
+    does not matter: the mailbox is read unsorted and the senders between
+    the two come from a cache per stored group. Otherwise :func:`_waiting`.
+    """
+    key = (prev.index, x.index)
+    cache = h.transit_cache
+    if key in cache:
+        return cache[key]
+    if x.core.members_state is None:
+        return _waiting(h, prev, x)
+    result: list[Activity | Catchup] | None
+    if (prev.id, x.id) in h.cut or prev.core.right[0] != x.id:
+        result = None  # (as _waiting says)
+    else:
+        _ring_of(h)
+        senders = h.senders_cache.get(key)
+        if senders is None:
+            assert h.group is not None
+            senders = h.senders_cache[key] = frozenset(
+                {prev.id, *_between(h.group.ids, prev.id, x.id)}
+            )
+        result = [
+            m
+            for m in x.core.replaying
+            if (type(m) is Activity or type(m) is Catchup) and m.sender in senders
+        ]
+        for _p, _s, m in x.sorted:
+            if (type(m) is Activity or type(m) is Catchup) and m.sender in senders:
+                result.append(m)
+        for m in x.inbound:
+            if (type(m) is Activity or type(m) is Catchup) and m.sender in senders:
+                result.append(m)
+        links = h.links
+        for sender in senders:
+            queue = links.get((sender, x.id))
+            if queue:
+                for m in queue:
+                    if type(m) is Activity or type(m) is Catchup:
+                        result.append(m)
+    cache[key] = result
+    return result
+
+
+def _well_formed_fast(h: Harness, only: set[MemberId] | None) -> bool:
+    """Whether :func:`_well_formed` would find nothing (for the publishers in ``only``).
+
+    The same check, publisher by publisher: rather than walk a path for
+    every member holding the publisher's entries pending, walk the ring
+    once (from the heir) for all of them. The path of a publication held by
+    the member at distance r downstream of the heir crosses the hops r+1 ..
+    L (back into the heir); an acknowledgement's, the hops 1 .. r (from the
+    heir). On each hop the numbers owed by every holder are what it holds
+    (its own interval, :func:`_first_broken`'s ``a..b``) cut to "known
+    before the hop, not after": at the hop out of the holder itself
+    "known before" is everything, at the hop into the path's end "known
+    after" is nothing (as :func:`_first_broken` walks it). A hop breaks
+    some entry iff a piece of the union is not covered by what it carries
+    (:func:`_covered`): the union is kept of the holders further up the
+    path, and a holder's own piece is looked at on its own.
+    """
+    group = h.group
+    if group is None:
+        return True
+    ring_slots, running, position = _running_ring(h)
+    if not ring_slots:
+        return True
+    holders: dict[MemberId, list[tuple[int, int, int]]] = {}
+    for k, slot in enumerate(ring_slots):
+        state = slot.core.members_state
+        if state is None:
+            continue
+        for publisher, ps in state.items() if only is None else ((p, state.get(p)) for p in only):
+            if ps is None or not ps.pending:
+                continue
+            entry = (k, ps.first, ps.first + len(ps.pending) - 1)
+            found = holders.get(publisher)
+            if found is None:
+                holders[publisher] = [entry]
+            else:
+                found.append(entry)
+    if not holders:
+        return True
+    for publisher, held in holders.items():
+        heir = _heir(h, publisher, running)
+        if heir is None:
+            for k, _lo, _hi in held:
+                if ring_slots[k].core.view.version >= group.version:
+                    return False
+            continue
+        if not _publisher_well_formed(h, ring_slots, position[heir], publisher, held):
+            return False
+    return True
+
+
+def _publisher_well_formed(
+    h: Harness,
+    ring: list[Slot],
+    start: int,
+    publisher: MemberId,
+    held: list[tuple[int, int, int]],
+) -> bool:
+    size = len(ring)
+    heir_slot = ring[start]
+    heir_state = heir_slot.core.members_state
+    erasing = heir_state is not None and publisher not in heir_state
+    heir_acks = _last_known(heir_slot, ACK, publisher)
+    # By distance downstream of the heir (0: the heir itself).
+    pubs: dict[int, tuple[int, int]] = {}
+    acks: dict[int, tuple[int, int]] = {}
+    for k, lo, hi in held:
+        r = (k - start) % size
+        if r == 0:
+            converted_to = lo - 1
+        elif erasing:
+            converted_to = hi
+        else:
+            converted_to = heir_acks
+        if lo <= min(hi, converted_to):
+            acks[r] = (lo, min(hi, converted_to))
+        if max(lo, converted_to + 1) <= hi:
+            pubs[r] = (max(lo, converted_to + 1), hi)
+    # What each member knows, by distance (the heir's is never read).
+    known_pub = [_NEVER] * size
+    known_ack = [_NEVER] * size
+    for r in range(1, size):
+        state = ring[(start + r) % size].core.members_state
+        ps = None if state is None else state.get(publisher)
+        if ps is not None:
+            known_pub[r] = ps.last_pub
+            known_ack[r] = min(ps.last_pub, ps.first - 1)
+    if pubs:
+        union: list[tuple[int, int]] = []
+        for j in range(1, size + 1):
+            after = _NEVER if j == size else known_pub[j]
+            pieces = []
+            own = pubs.get(j - 1)
+            if own is not None and max(own[0], after + 1) <= own[1]:
+                pieces.append((max(own[0], after + 1), own[1]))
+            if union:
+                before = known_pub[j - 1]
+                for a, b in union:
+                    a, b = max(a, after + 1), min(b, before)
+                    if a <= b:
+                        pieces.append((a, b))
+            if pieces:
+                prev, x = ring[(start + j - 1) % size], ring[(start + j) % size]
+                spans = _covered(h, prev, x, PUB, publisher, _waiting_fast)
+                for a, b in pieces:
+                    if _first_uncovered(spans, a, b) is not None:
+                        return False
+            if own is not None:
+                union = _merge_in(union, own)
+    if acks:
+        union = []
+        for j in range(size - 1, 0, -1):
+            before = _ALWAYS if j == 1 else known_ack[j - 1]
+            pieces = []
+            own = acks.get(j)
+            if own is not None and own[0] <= min(own[1], before):
+                pieces.append((own[0], min(own[1], before)))
+            if union:
+                after = known_ack[j]
+                for a, b in union:
+                    a, b = max(a, after + 1), min(b, before)
+                    if a <= b:
+                        pieces.append((a, b))
+            if pieces:
+                prev, x = ring[(start + j - 1) % size], ring[(start + j) % size]
+                spans = _covered(h, prev, x, ACK, publisher, _waiting_fast)
+                for a, b in pieces:
+                    if _first_uncovered(spans, a, b) is not None:
+                        return False
+            if own is not None:
+                union = _merge_in(union, own)
+    return True
+
+
+def _merge_in(spans: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int, int]]:
+    """``spans`` (sorted, merged) with ``new`` added, sorted and merged."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted([*spans, new]):
+        if merged and lo <= merged[-1][1] + 1:
+            if hi > merged[-1][1]:
+                merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _last_known(slot: Slot, kind: str, publisher: MemberId) -> int:

@@ -65,8 +65,11 @@ def shrink_schedule(report: ScheduleReport, *, budget: int = 3000) -> ScheduleRe
     def fails(steps: list[int]) -> ScheduleReport | None:
         nonlocal runs
         runs += 1
-        candidate = run_schedule(steps, members=report.members, bug=report.bug, trace=True)
-        return candidate if candidate.violations else None
+        candidate = run_schedule(steps, members=report.members, bug=report.bug, trace=False)
+        if not candidate.violations:
+            return None
+        # (Deterministic: the same run again, traced, for the report.)
+        return run_schedule(steps, members=report.members, bug=report.bug, trace=True)
 
     steps = list(best.steps[: best.used + 1])
     found = fails(steps)
@@ -120,8 +123,11 @@ def explore(
     for _ in range(schedules):
         size, steps = draw_schedule(rng, sizes, max_steps)
         result.schedules += 1
-        report = run_schedule(steps, members=size, bug=bug, trace=True)
+        report = run_schedule(steps, members=size, bug=bug, trace=False)
         if report.violations:
+            # Runs are deterministic: the same schedule again, traced, for the
+            # report (formatting a trace is a tenth of an untraced run).
+            report = run_schedule(steps, members=size, bug=bug, trace=True)
             result.failure = shrink_schedule(report) if shrink else report
             break
     result.seconds = time.perf_counter() - started
