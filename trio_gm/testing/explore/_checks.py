@@ -629,18 +629,9 @@ def _publisher_well_formed(
             own = pubs.get(j - 1)
             if own is not None and max(own[0], after + 1) <= own[1]:
                 pieces.append((max(own[0], after + 1), own[1]))
-            if union:
-                before = known_pub[j - 1]
-                for a, b in union:
-                    a, b = max(a, after + 1), min(b, before)
-                    if a <= b:
-                        pieces.append((a, b))
-            if pieces:
-                prev, x = ring[(start + j - 1) % size], ring[(start + j) % size]
-                spans = _covered(h, prev, x, PUB, publisher, _waiting_fast)
-                for a, b in pieces:
-                    if _first_uncovered(spans, a, b) is not None:
-                        return False
+            _clip_into(pieces, union, after, known_pub[j - 1])
+            if pieces and _hop_misses(h, ring, (start + j) % size, PUB, publisher, pieces):
+                return False
             if own is not None:
                 union = _merge_in(union, own)
     if acks:
@@ -651,21 +642,37 @@ def _publisher_well_formed(
             own = acks.get(j)
             if own is not None and own[0] <= min(own[1], before):
                 pieces.append((own[0], min(own[1], before)))
-            if union:
-                after = known_ack[j]
-                for a, b in union:
-                    a, b = max(a, after + 1), min(b, before)
-                    if a <= b:
-                        pieces.append((a, b))
-            if pieces:
-                prev, x = ring[(start + j - 1) % size], ring[(start + j) % size]
-                spans = _covered(h, prev, x, ACK, publisher, _waiting_fast)
-                for a, b in pieces:
-                    if _first_uncovered(spans, a, b) is not None:
-                        return False
+            _clip_into(pieces, union, known_ack[j], before)
+            if pieces and _hop_misses(h, ring, (start + j) % size, ACK, publisher, pieces):
+                return False
             if own is not None:
                 union = _merge_in(union, own)
     return True
+
+
+def _clip_into(
+    pieces: list[tuple[int, int]], union: list[tuple[int, int]], after: int, before: int
+) -> None:
+    """Append to ``pieces`` what of ``union`` is known before a hop (up to
+    ``before``) and not after it (above ``after``)."""
+    for a, b in union:
+        a, b = max(a, after + 1), min(b, before)
+        if a <= b:
+            pieces.append((a, b))
+
+
+def _hop_misses(
+    h: Harness,
+    ring: list[Slot],
+    i: int,
+    kind: str,
+    publisher: MemberId,
+    pieces: list[tuple[int, int]],
+) -> bool:
+    """Whether the hop into ``ring[i]`` fails to carry some number of ``pieces``."""
+    prev, x = ring[i - 1], ring[i]
+    spans = _covered(h, prev, x, kind, publisher, _waiting_fast)
+    return any(_first_uncovered(spans, a, b) is not None for a, b in pieces)
 
 
 def _merge_in(spans: list[tuple[int, int]], new: tuple[int, int]) -> list[tuple[int, int]]:
