@@ -19,15 +19,38 @@ from trio_gm.testing.explore import (
     main,
     run_schedule,
 )
+from trio_gm.testing.explore._driver import CHUNK
 
 #: A schedule that exercises joins, kills, a leave and confirmed broadcasts.
 BUSY = [88, 4591, 82, 2050, 65, 177, 77, 4, 40, 50, 1, 93, 2, 3, 0, 97, 0, 0, 0, 0]
 
 
 def test_five_thousand_schedules_of_three_to_five_members_find_no_violation() -> None:
-    result = explore(schedules=5000, seed=0)
+    # (Two worker processes: what CI runs is also the parallel path.)
+    result = explore(schedules=5000, seed=0, jobs=2)
     assert result.failure is None, result.failure.format()
     assert result.schedules == 5000
+
+
+def test_worker_processes_report_the_failure_one_process_finds() -> None:
+    # flush-timer-ignored is first caught at schedule 150 of seed 0: past
+    # several chunks, so later chunks (some failing too) run beside it.
+    alone = explore(schedules=400, seed=0, bug="flush-timer-ignored", shrink=False)
+    shared = explore(schedules=400, seed=0, bug="flush-timer-ignored", shrink=False, jobs=2)
+    assert alone.failure is not None
+    assert shared.failure is not None
+    assert alone.schedules == shared.schedules > CHUNK
+    assert shared.failure.steps == alone.failure.steps
+    assert shared.failure.members == alone.failure.members
+    assert shared.failure.violations == alone.failure.violations
+
+
+def test_jobs_must_be_at_least_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+        explore(schedules=1, jobs=0)
+    with pytest.raises(SystemExit):
+        main(["--jobs", "0"])
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bug", sorted(b for b in BUGS if b))

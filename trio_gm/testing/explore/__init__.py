@@ -212,8 +212,11 @@ Usage
 ``python -m trio_gm.testing.explore --schedules N --seed S [--members 3,4,5]``
 ends with ``N schedules, 0 violations`` (exit 0), or prints the shrunk
 failing schedule, its trace, a state dump at the first violation and a
-``--replay`` command, and exits 1. From code, :func:`explore` and
-:func:`run_schedule`.
+``--replay`` command, and exits 1. ``--jobs J`` (default: the CPUs
+available) runs the schedules in J worker processes: they are drawn in the
+same order in the parent, and the failure reported is the first in that
+order, so the outcome does not depend on J. From code, :func:`explore`
+(``jobs=1`` by default) and :func:`run_schedule`.
 """
 
 from __future__ import annotations

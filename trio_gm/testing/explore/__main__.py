@@ -4,4 +4,6 @@ import sys
 
 from ._driver import main
 
-sys.exit(main())
+# (Guarded: the worker processes of ``--jobs`` must not run the command.)
+if __name__ == "__main__":
+    sys.exit(main())

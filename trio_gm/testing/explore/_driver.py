@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import attrs
@@ -21,6 +23,18 @@ MAX_STEPS = 60
 DEFAULT_SCHEDULES = 5000
 #: Members at the start of a schedule, drawn for each: some defects need 5.
 DEFAULT_MEMBERS: Final = (3, 4, 5)
+#: Schedules a worker process runs per task with ``jobs`` > 1 (about a
+#: tenth of a second): small enough that a failure stops the run soon,
+#: large enough that the hand-over costs little.
+CHUNK: Final = 25
+
+
+def default_jobs() -> int:
+    """The CPUs this process may run on: the command line's default ``--jobs``."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 @attrs.define
@@ -108,6 +122,7 @@ def explore(
     bug: str | None = None,
     max_steps: int = MAX_STEPS,
     shrink: bool = True,
+    jobs: int = 1,
 ) -> ExploreResult:
     """Run ``schedules`` random schedules; on a violation, shrink it.
 
@@ -115,23 +130,72 @@ def explore(
     each schedule. Deterministic for a given ``seed``: the schedules come
     from :func:`draw_schedule` with a generator seeded by it, whatever else
     runs in the process (hypothesis' draws depended on more than its seed).
+
+    ``jobs`` > 1 runs the schedules in that many worker processes. The
+    schedules are drawn here, in the same order, and the failure reported is
+    the first in that order, so the result is the same as with one job:
+    ``schedules`` counts the schedules up to and including it.
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     sizes = [members] if isinstance(members, int) else list(members)
     rng = random.Random(seed)
+    drawn = (draw_schedule(rng, sizes, max_steps) for _ in range(schedules))
     result = ExploreResult(0, 0.0)
     started = time.perf_counter()
-    for _ in range(schedules):
-        size, steps = draw_schedule(rng, sizes, max_steps)
-        result.schedules += 1
-        report = run_schedule(steps, members=size, bug=bug, trace=False)
-        if report.violations:
-            # Runs are deterministic: the same schedule again, traced, for the
-            # report (formatting a trace is a tenth of an untraced run).
-            report = run_schedule(steps, members=size, bug=bug, trace=True)
-            result.failure = shrink_schedule(report) if shrink else report
-            break
+    failed: tuple[int, list[int]] | None = None
+    if jobs == 1:
+        for size, steps in drawn:
+            result.schedules += 1
+            if _fails(size, steps, bug):
+                failed = size, steps
+                break
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(jobs) as pool:
+            tasks = ((bug, chunk) for chunk in _chunks(drawn, CHUNK))
+            for ran, failure in pool.imap(_run_chunk, tasks):
+                result.schedules += ran
+                if failure is not None:
+                    failed = failure
+                    break
+            # (Leaving the block terminates the workers still running.)
+    if failed is not None:
+        size, steps = failed
+        # Runs are deterministic: the same schedule again, traced, for the
+        # report (formatting a trace is a tenth of an untraced run).
+        report = run_schedule(steps, members=size, bug=bug, trace=True)
+        result.failure = shrink_schedule(report) if shrink else report
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _fails(size: int, steps: list[int], bug: str | None) -> bool:
+    return bool(run_schedule(steps, members=size, bug=bug, trace=False).violations)
+
+
+def _chunks(
+    drawn: Iterator[tuple[int, list[int]]], size: int
+) -> Iterator[list[tuple[int, list[int]]]]:
+    chunk: list[tuple[int, list[int]]] = []
+    for schedule in drawn:
+        chunk.append(schedule)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run_chunk(
+    task: tuple[str | None, list[tuple[int, list[int]]]],
+) -> tuple[int, tuple[int, list[int]] | None]:
+    """A worker's task: schedules run until the first that fails (and that one)."""
+    bug, chunk = task
+    for ran, (size, steps) in enumerate(chunk, 1):
+        if _fails(size, steps, bug):
+            return ran, (size, steps)
+    return len(chunk), None
 
 
 def _parse_steps(text: str) -> list[int]:
@@ -196,6 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run one schedule, given as comma-separated step values, and print its trace",
     )
     parser.add_argument("--no-shrink", action="store_true", help="report failures unshrunk")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=default_jobs(),
+        help="worker processes running schedules (default: the CPUs available, here "
+        f"{default_jobs()}); the result is the same for any number",
+    )
     args = parser.parse_args(argv)
     if args.list_bugs:
         for name in sorted(b for b in BUGS if b):
@@ -203,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.schedules < 1:
         parser.error("--schedules must be >= 1")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.replay is not None:
         if len(args.members) != 1:
             parser.error("--replay needs one --members size")
@@ -217,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         members=args.members,
         bug=args.inject_bug,
         shrink=not args.no_shrink,
+        jobs=args.jobs,
     )
     rate = result.schedules / result.seconds if result.seconds else 0.0
     print(f"explored in {result.seconds:.1f}s ({rate:.1f} schedules/s)", file=sys.stderr)
