@@ -717,7 +717,7 @@ async def _bench_processes(args: argparse.Namespace) -> BenchResult:
         seconds=round(elapsed, 3),
         processes=True,
         delivered_to_all_per_s=round(min(received)),
-        sent_per_s=round(sum(r["sent"] for r in results) / elapsed),
+        sent_per_s=round(sum(r["sent"] / r["flood_seconds"] for r in results)),
         received_per_s=[round(r) for r in received],
         confirmed_us=results[0]["confirmed_us"],
         memory_per_member_kib=round(
@@ -792,6 +792,7 @@ async def _bench_worker(args: argparse.Namespace) -> int:
                     sent[0] = await flood(member, stop)
 
                 async with trio.open_nursery() as nursery:
+                    flood_start = time.perf_counter()
                     if args.sender:
                         nursery.start_soon(send)
                     await trio.sleep(0.5)
@@ -802,6 +803,8 @@ async def _bench_worker(args: argparse.Namespace) -> int:
                     delivered = counter.delivered - base
                     wire_after = node.statistics()
                     stop.set()
+                    # (``sent`` counts the ramp as well: so does its window.)
+                    flood_seconds = time.perf_counter() - flood_start
                 latencies = (
                     await confirmed_latencies(member, args.confirms) if args.confirms else {}
                 )
@@ -811,6 +814,7 @@ async def _bench_worker(args: argparse.Namespace) -> int:
                             "delivered": delivered,
                             "elapsed": elapsed,
                             "sent": sent[0],
+                            "flood_seconds": flood_seconds,
                             "confirmed_us": latencies,
                             "delivered_total": counter.delivered,
                             "frames_in": _wire_delta(wire_before, wire_after, "frames_in"),
